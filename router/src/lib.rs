@@ -1,0 +1,35 @@
+//! The edge router.
+//!
+//! # Layout
+//! The request path reads top to bottom, one module per stage:
+//! - [`listener`]: accepts downstream connections on each worker thread.
+//! - [`http`]: serves HTTP/1.1 and HTTP/2 downstream; `http::proxy` is the hot path
+//!   (route -> balance -> upstream -> respond) and calls the stages below in order.
+//! - [`route_table`]: the lock-free routing table (snapshot lookup) and the registry the
+//!   control plane edits.
+//! - [`balancer`]: picks an endpoint from a pool (round-robin, least-connection).
+//! - [`upstream`]: dials endpoints and keeps a per-thread pool of idle connections.
+//!
+//! Around it:
+//! - [`protocol`]: gorouter's NATS subjects and payloads (shared with the other crates).
+//! - [`bus`]: the message bus, NATS or in-process, behind one type.
+//! - [`route_updates`]: the control loop feeding the registry from the bus and the config,
+//!   batching updates and pruning stale endpoints.
+//! - [`status`]: `/health`, `/routes` and friends.
+//! - [`config`]: the YAML config with gorouter's keys.
+//! - [`server`]: `run(config, listeners, shutdown)`, which starts all of the above.
+
+// pub mod balancer;
+// pub mod bus;
+pub mod config;
+// pub mod http;
+// pub mod listener;
+pub mod protocol;
+pub mod route_table;
+// pub mod route_updates;
+// pub mod server;
+// pub mod status;
+// pub mod upstream;
+
+pub use config::Config;
+// pub use server::{Listeners, RouterHandle, run};

@@ -1,0 +1,265 @@
+//! The routing table: host (+ context path) -> pool of endpoints.
+//!
+//! Two halves, both free of I/O:
+//! - [`Registry`] is the control plane's working state: endpoints with their TTLs in a
+//!   concurrent map, changed by `register` / `unregister` / `prune`, then `publish`ed.
+//! - [`RouteTable`] is an immutable snapshot the request path reads through one `ArcSwap`
+//!   load; `lookup(host, path)` allocates nothing and takes no lock.
+//!
+//! Publication is incremental: the table is split into shards by host, and a publish
+//! clones only the shards whose hosts changed, so a register at 100 000 routes costs a
+//! few microseconds, not a rebuild. Per-endpoint live counters ([`EndpointStats`]) are
+//! atomics shared by every snapshot that holds the endpoint.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use http::HeaderValue;
+
+use crate::config::Algorithm;
+
+mod registry;
+mod uri;
+
+pub use registry::{Registry, RegistryChange, RegistrySettings};
+pub use uri::{RouteKey, normalize_request_host};
+
+/// Number of shards the host maps are split into (a power of two).
+const SHARDS: usize = 64;
+
+/// Protocol spoken to an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UpstreamProtocol {
+    #[default]
+    Http1,
+    Http2,
+}
+
+/// The registered facts about one endpoint (what a re-registration compares).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EndpointData {
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+    pub app_id: String,
+    pub instance_id: String,
+    pub instance_index: String,
+    pub server_cert_domain_san: String,
+    pub route_service_url: String,
+    pub isolation_segment: String,
+    pub availability_zone: String,
+    pub protocol: UpstreamProtocol,
+    pub tags: BTreeMap<String, String>,
+    pub ttl: Duration,
+    pub updated_at_ns: i64,
+}
+
+/// Live per-endpoint counters, shared by all snapshots and routes holding the endpoint.
+#[derive(Debug, Default)]
+pub struct EndpointStats {
+    /// Requests dispatched to the endpoint and not yet finished.
+    pub in_flight: AtomicU32,
+    /// Until when (ms on [`clock_ms`]) balancers skip the endpoint after a failure.
+    failed_until_ms: AtomicU64,
+}
+
+impl EndpointStats {
+    /// Marks the endpoint failed for `duration` from now.
+    pub fn mark_failed(&self, duration: Duration) {
+        let until = clock_ms().saturating_add(duration.as_millis() as u64);
+        self.failed_until_ms.store(until, Ordering::Relaxed);
+    }
+
+    /// Whether a failure mark is in force at `now_ms`.
+    pub fn is_failed(&self, now_ms: u64) -> bool {
+        self.failed_until_ms.load(Ordering::Relaxed) > now_ms
+    }
+
+    /// Removes a failure mark.
+    pub fn clear_failed(&self) {
+        self.failed_until_ms.store(0, Ordering::Relaxed);
+    }
+}
+
+/// Milliseconds since the router's start, on tokio's clock (pausable in tests).
+pub fn clock_ms() -> u64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(std::time::Instant::now);
+    // +1 so that 0 can mean "never failed".
+    (tokio::time::Instant::now()
+        .into_std()
+        .saturating_duration_since(epoch)
+        .as_millis() as u64)
+        + 1
+}
+
+/// Header values sent to the app, computed once at registration instead of per request.
+#[derive(Debug, Clone)]
+pub struct EndpointHeaders {
+    pub app_id: HeaderValue,
+    pub instance_index: HeaderValue,
+    pub instance_id: HeaderValue,
+}
+
+/// One backend endpoint as the request path sees it.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// Canonical `host:port` (the TLS port when set): the endpoint's identity.
+    pub key: Arc<str>,
+    pub data: EndpointData,
+    /// The address to dial, when `host` is an IP literal (the common case).
+    pub socket_addr: Option<SocketAddr>,
+    pub headers: EndpointHeaders,
+    pub stats: Arc<EndpointStats>,
+}
+
+/// The endpoints of one route (host + context path) and how to balance over them.
+#[derive(Debug)]
+pub struct Pool {
+    /// The route's host as registered, lowercased (`*.example.com` for a wildcard).
+    pub host: Arc<str>,
+    /// The context path, lowercased, without a trailing `/`; "" for the whole host.
+    pub context_path: Box<str>,
+    pub endpoints: Box<[Arc<Endpoint>]>,
+    pub algorithm: Algorithm,
+    /// Round-robin position, starting at a random index for every new pool.
+    pub(crate) cursor: AtomicUsize,
+}
+
+impl Pool {
+    /// The route as written in registrations: `host` or `host/path`.
+    pub fn route_name(&self) -> String {
+        format!("{}{}", self.host, self.context_path)
+    }
+
+    /// Finds the endpoint serving instance `instance_id`, if it is in the pool.
+    pub fn endpoint_by_instance_id(&self, instance_id: &str) -> Option<&Arc<Endpoint>> {
+        self.endpoints
+            .iter()
+            .find(|e| e.data.instance_id == instance_id)
+    }
+
+    /// Whether `path` (the request path) is inside this pool's context path.
+    fn matches_path(&self, path: &[u8]) -> bool {
+        let ctx = self.context_path.as_bytes();
+        path.len() >= ctx.len()
+            && path[..ctx.len()].eq_ignore_ascii_case(ctx)
+            && (path.len() == ctx.len() || path[ctx.len()] == b'/')
+    }
+}
+
+/// The pools of one host, longest context path first.
+type HostRoutes = Arc<[Arc<Pool>]>;
+
+type HostMap = HashMap<Arc<str>, HostRoutes, foldhash::fast::RandomState>;
+
+#[derive(Debug, Default, Clone)]
+struct Shard {
+    exact: HostMap,
+    /// Wildcard routes keyed by the suffix after `*.` (`example.com` for `*.example.com`).
+    wildcard: HostMap,
+}
+
+/// An immutable snapshot of all routes.
+#[derive(Debug, Clone)]
+pub struct RouteTable {
+    shards: Arc<[Arc<Shard>]>,
+    wildcard_hosts: usize,
+    route_count: usize,
+    tcp: Arc<BTreeMap<u16, Arc<Pool>>>,
+}
+
+impl Default for RouteTable {
+    fn default() -> Self {
+        RouteTable {
+            shards: (0..SHARDS).map(|_| Arc::new(Shard::default())).collect(),
+            wildcard_hosts: 0,
+            route_count: 0,
+            tcp: Arc::default(),
+        }
+    }
+}
+
+fn shard_of(host: &str) -> usize {
+    let mut h = foldhash::fast::FixedState::with_seed(0x5eed).build_hasher();
+    host.hash(&mut h);
+    (h.finish() as usize) & (SHARDS - 1)
+}
+
+/// Longest host the lookup normalises on the stack (DNS names are at most 253 bytes).
+const MAX_HOST_LEN: usize = 255;
+
+impl RouteTable {
+    /// Finds the pool for a request: `host` as sent (any case, port allowed), `path` the
+    /// request path. Exact host before wildcards (most specific wildcard first); within a
+    /// host the longest context path on whole segments whose pool has endpoints, else the
+    /// longest matching empty pool (answered with 503 `no_endpoints`).
+    pub fn lookup(&self, host: &str, path: &str) -> Option<&Arc<Pool>> {
+        let mut buf = [0u8; MAX_HOST_LEN];
+        let host = normalize_request_host(host, &mut buf)?;
+        let path = path.split('?').next().unwrap_or_default().as_bytes();
+        if let Some(routes) = self.shards[shard_of(host)].exact.get(host) {
+            if let Some(pool) = best_pool(routes, path) {
+                return Some(pool);
+            }
+        }
+        if self.wildcard_hosts == 0 {
+            return None;
+        }
+        let mut rest = host;
+        while let Some(dot) = rest.find('.') {
+            rest = &rest[dot + 1..];
+            if let Some(routes) = self.shards[shard_of(rest)].wildcard.get(rest) {
+                if let Some(pool) = best_pool(routes, path) {
+                    return Some(pool);
+                }
+            }
+        }
+        None
+    }
+
+    /// The pool of a TCP route on router port `port`.
+    pub fn tcp_pool(&self, port: u16) -> Option<&Arc<Pool>> {
+        self.tcp.get(&port)
+    }
+
+    /// All TCP routes' ports.
+    pub fn tcp_ports(&self) -> impl Iterator<Item = u16> + '_ {
+        self.tcp.keys().copied()
+    }
+
+    /// Number of HTTP routes (host + context path pairs).
+    pub fn route_count(&self) -> usize {
+        self.route_count
+    }
+
+    /// Every HTTP pool, in no particular order (for `/routes` and metrics).
+    pub fn pools(&self) -> impl Iterator<Item = &Arc<Pool>> + '_ {
+        self.shards.iter().flat_map(|s| {
+            s.exact
+                .values()
+                .chain(s.wildcard.values())
+                .flat_map(|routes| routes.iter())
+        })
+    }
+}
+
+fn best_pool<'a>(routes: &'a HostRoutes, path: &[u8]) -> Option<&'a Arc<Pool>> {
+    let mut empty_match = None;
+    for pool in routes.iter() {
+        if pool.matches_path(path) {
+            if !pool.endpoints.is_empty() {
+                return Some(pool);
+            }
+            empty_match.get_or_insert(pool);
+        }
+    }
+    empty_match
+}
+
+#[cfg(test)]
+mod tests;
