@@ -20,7 +20,7 @@
 //! - [`server`]: `run(config, listeners, shutdown)`, which starts all of the above.
 
 // pub mod balancer;
-// pub mod bus;
+pub mod bus;
 pub mod config;
 // pub mod http;
 // pub mod listener;
