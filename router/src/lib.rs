@@ -19,17 +19,17 @@
 //! - [`config`]: the YAML config with gorouter's keys.
 //! - [`server`]: `run(config, listeners, shutdown)`, which starts all of the above.
 
-// pub mod balancer;
+pub mod balancer;
 pub mod bus;
 pub mod config;
-// pub mod http;
-// pub mod listener;
+pub mod http;
+pub mod listener;
 pub mod protocol;
 pub mod route_table;
-// pub mod route_updates;
-// pub mod server;
-// pub mod status;
-// pub mod upstream;
+pub mod route_updates;
+pub mod server;
+pub mod status;
+pub mod upstream;
 
 pub use config::Config;
-// pub use server::{Listeners, RouterHandle, run};
+pub use server::{Listeners, RouterHandle, run};

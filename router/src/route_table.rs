@@ -12,7 +12,7 @@
 //! atomics shared by every snapshot that holds the endpoint.
 
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -185,9 +185,7 @@ impl Default for RouteTable {
 }
 
 fn shard_of(host: &str) -> usize {
-    let mut h = foldhash::fast::FixedState::with_seed(0x5eed).build_hasher();
-    host.hash(&mut h);
-    (h.finish() as usize) & (SHARDS - 1)
+    (foldhash::fast::FixedState::with_seed(0x5eed).hash_one(host) as usize) & (SHARDS - 1)
 }
 
 /// Longest host the lookup normalises on the stack (DNS names are at most 253 bytes).
@@ -202,10 +200,12 @@ impl RouteTable {
         let mut buf = [0u8; MAX_HOST_LEN];
         let host = normalize_request_host(host, &mut buf)?;
         let path = path.split('?').next().unwrap_or_default().as_bytes();
-        if let Some(routes) = self.shards[shard_of(host)].exact.get(host) {
-            if let Some(pool) = best_pool(routes, path) {
-                return Some(pool);
-            }
+        if let Some(pool) = self.shards[shard_of(host)]
+            .exact
+            .get(host)
+            .and_then(|routes| best_pool(routes, path))
+        {
+            return Some(pool);
         }
         if self.wildcard_hosts == 0 {
             return None;
@@ -213,10 +213,12 @@ impl RouteTable {
         let mut rest = host;
         while let Some(dot) = rest.find('.') {
             rest = &rest[dot + 1..];
-            if let Some(routes) = self.shards[shard_of(rest)].wildcard.get(rest) {
-                if let Some(pool) = best_pool(routes, path) {
-                    return Some(pool);
-                }
+            if let Some(pool) = self.shards[shard_of(rest)]
+                .wildcard
+                .get(rest)
+                .and_then(|routes| best_pool(routes, path))
+            {
+                return Some(pool);
             }
         }
         None

@@ -461,7 +461,7 @@ impl Registry {
             .iter()
             .map(|(path, route)| self.make_pool(host.clone(), path, route))
             .collect();
-        pools.sort_by(|a, b| b.context_path.len().cmp(&a.context_path.len()));
+        pools.sort_by_key(|p| std::cmp::Reverse(p.context_path.len()));
         Some(pools.into())
     }
 

@@ -1,0 +1,12 @@
+//! The downstream side: HTTP/1.1 and HTTP/2 requests in, responses out.
+//! `proxy::handle` is the request hot path.
+
+pub mod body;
+pub mod errors;
+pub mod headers;
+pub mod proxy;
+
+pub use body::ProxyBody;
+pub use errors::ProxyError;
+pub use headers::Downstream;
+pub use proxy::{ProxyContext, handle};

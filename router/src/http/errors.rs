@@ -1,0 +1,155 @@
+//! Proxy errors: which side failed, whether a retry is allowed, and the one mapping from
+//! an error to gorouter's status code, `X-Cf-Routererror` value and body.
+
+use std::borrow::Cow;
+
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use http::{Response, StatusCode};
+
+use super::body::ProxyBody;
+use super::headers::X_CF_ROUTER_ERROR;
+use crate::upstream::UpstreamError;
+
+/// The side of the proxy an error comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Downstream,
+    Upstream,
+}
+
+/// Everything that ends a request with a response written by the router.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("request had empty Host header")]
+    EmptyHost,
+    #[error("route {host} does not exist")]
+    UnknownRoute { host: String },
+    #[error("route {host} has no endpoints")]
+    NoEndpoints { host: String },
+    #[error("route {host} reached the connection limit")]
+    ConnectionLimit { host: String },
+    #[error("invalid X-CF-App-Instance header")]
+    InvalidAppInstanceHeader,
+    #[error("instance {index} of app {guid} is not on route {host}")]
+    UnknownInstance {
+        guid: String,
+        index: String,
+        host: String,
+    },
+    #[error("request headers exceed max_request_header_bytes")]
+    HeaderTooLarge,
+    #[error("endpoint failure: {0}")]
+    Endpoint(#[from] UpstreamError),
+}
+
+impl ProxyError {
+    /// Which side caused it.
+    pub fn side(&self) -> Side {
+        match self {
+            ProxyError::Endpoint(_) => Side::Upstream,
+            _ => Side::Downstream,
+        }
+    }
+
+    /// Whether another endpoint may be tried (nothing reached the app yet).
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            ProxyError::Endpoint(e) => e.is_before_request(),
+            _ => false,
+        }
+    }
+
+    /// The HTTP status gorouter answers with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::EmptyHost
+            | ProxyError::InvalidAppInstanceHeader
+            | ProxyError::UnknownInstance { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::UnknownRoute { .. } => StatusCode::NOT_FOUND,
+            ProxyError::NoEndpoints { .. } | ProxyError::ConnectionLimit { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ProxyError::HeaderTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::Endpoint(_) => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// The `X-Cf-Routererror` value.
+    pub fn router_error(&self) -> Cow<'static, str> {
+        match self {
+            ProxyError::EmptyHost => "empty_host".into(),
+            ProxyError::UnknownRoute { .. } | ProxyError::UnknownInstance { .. } => {
+                "unknown_route".into()
+            }
+            ProxyError::NoEndpoints { .. } => "no_endpoints".into(),
+            ProxyError::ConnectionLimit { .. } => "Connection Limit Reached".into(),
+            ProxyError::InvalidAppInstanceHeader => "invalid_cf_app_instance_header".into(),
+            ProxyError::HeaderTooLarge => "max-request-size-exceeded".into(),
+            ProxyError::Endpoint(e) => format!("endpoint_failure ({e})").into(),
+        }
+    }
+
+    /// The message after `"<code> <Status Text>: "` in the body (gorouter's wording).
+    fn message(&self) -> Cow<'static, str> {
+        match self {
+            ProxyError::EmptyHost => "Request had empty Host header".into(),
+            ProxyError::UnknownRoute { host } => {
+                format!("Requested route ('{host}') does not exist.").into()
+            }
+            ProxyError::NoEndpoints { host } => {
+                format!("Requested route ('{host}') has no available endpoints.").into()
+            }
+            ProxyError::ConnectionLimit { host } => {
+                format!("Requested route ('{host}') has reached the connection limit.").into()
+            }
+            ProxyError::InvalidAppInstanceHeader => "Invalid X-CF-App-Instance Header".into(),
+            ProxyError::UnknownInstance { guid, index, host } => format!(
+                "Requested instance ('{index}') with guid ('{guid}') does not exist for route ('{host}')"
+            )
+            .into(),
+            ProxyError::HeaderTooLarge => "".into(),
+            ProxyError::Endpoint(_) => "Registered endpoint failed to handle the request.".into(),
+        }
+    }
+
+    /// The response the client gets.
+    pub fn to_response(&self) -> Response<ProxyBody> {
+        let status = self.status();
+        let body = if let ProxyError::HeaderTooLarge = self {
+            ProxyBody::empty()
+        } else {
+            ProxyBody::full(format!(
+                "{} {}: {}\n",
+                status.as_u16(),
+                status.canonical_reason().unwrap_or(""),
+                self.message()
+            ))
+        };
+        let mut resp = Response::new(body);
+        *resp.status_mut() = status;
+        let headers = resp.headers_mut();
+        let router_error = self.router_error();
+        headers.insert(
+            X_CF_ROUTER_ERROR,
+            HeaderValue::from_str(&router_error)
+                .unwrap_or(HeaderValue::from_static("endpoint_failure")),
+        );
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        headers.insert(
+            "x-content-type-options",
+            HeaderValue::from_static("nosniff"),
+        );
+        let cache = match self {
+            ProxyError::UnknownRoute { .. } => Some("no-cache, no-store"),
+            ProxyError::NoEndpoints { .. } | ProxyError::EmptyHost => Some("public,max-age=2"),
+            _ => None,
+        };
+        if let Some(cache) = cache {
+            headers.insert(CACHE_CONTROL, HeaderValue::from_static(cache));
+        }
+        resp
+    }
+}

@@ -1,0 +1,193 @@
+//! Header rewriting on the way to the app and back, as gorouter does it.
+
+use std::net::IpAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use http::HeaderMap;
+use http::header::{self, HeaderName, HeaderValue};
+
+use crate::route_table::Endpoint;
+
+pub const X_CF_ROUTER_ERROR: HeaderName = HeaderName::from_static("x-cf-routererror");
+pub const X_VCAP_REQUEST_ID: HeaderName = HeaderName::from_static("x-vcap-request-id");
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_REQUEST_START: HeaderName = HeaderName::from_static("x-request-start");
+pub const X_CF_APPLICATION_ID: HeaderName = HeaderName::from_static("x-cf-applicationid");
+pub const X_CF_INSTANCE_INDEX: HeaderName = HeaderName::from_static("x-cf-instanceindex");
+pub const X_CF_INSTANCE_ID: HeaderName = HeaderName::from_static("x-cf-instanceid");
+pub const X_CF_APP_INSTANCE: HeaderName = HeaderName::from_static("x-cf-app-instance");
+
+/// Headers that describe one hop, never forwarded (RFC 9110 7.6.1, plus the legacy ones
+/// Go's reverse proxy also drops).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Facts about the downstream connection, computed once per connection.
+#[derive(Debug, Clone)]
+pub struct Downstream {
+    pub client_ip: IpAddr,
+    /// `client_ip` as a header value, ready to append to X-Forwarded-For.
+    pub client_ip_header: HeaderValue,
+    pub tls: bool,
+}
+
+impl Downstream {
+    /// Describes a connection from `client_ip`.
+    pub fn new(client_ip: IpAddr, tls: bool) -> Self {
+        // An IP address always formats to a valid header value.
+        let client_ip_header = HeaderValue::from_str(&client_ip.to_string())
+            .unwrap_or(HeaderValue::from_static("unknown"));
+        Downstream {
+            client_ip,
+            client_ip_header,
+            tls,
+        }
+    }
+}
+
+/// Removes hop-by-hop headers and those the `Connection` header names. `TE: trailers`
+/// survives: it announces that the client accepts trailers (gRPC needs it end to end).
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    let te_trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    headers.remove(header::TE);
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Rewrites request headers for the app: hop-by-hop removal, forwarding headers, request
+/// id and request start time. Done once per request, whatever the number of attempts.
+pub fn rewrite_request(headers: &mut HeaderMap, downstream: &Downstream, request_id: &HeaderValue) {
+    remove_hop_by_hop(headers);
+    append_forwarded_for(headers, downstream);
+    if !headers.contains_key(X_FORWARDED_PROTO) {
+        let proto = if downstream.tls { "https" } else { "http" };
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    }
+    if !headers.contains_key(X_REQUEST_START) {
+        let ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        headers.insert(X_REQUEST_START, HeaderValue::from(ms));
+    }
+    headers.insert(X_VCAP_REQUEST_ID, request_id.clone());
+}
+
+/// Tells the app which endpoint the request was sent to (set again on each attempt).
+pub fn set_endpoint_headers(headers: &mut HeaderMap, endpoint: &Endpoint) {
+    headers.insert(X_CF_APPLICATION_ID, endpoint.headers.app_id.clone());
+    headers.insert(X_CF_INSTANCE_INDEX, endpoint.headers.instance_index.clone());
+    headers.insert(X_CF_INSTANCE_ID, endpoint.headers.instance_id.clone());
+}
+
+/// Appends the client's address to X-Forwarded-For, joining earlier values into one
+/// header as Go's reverse proxy does.
+fn append_forwarded_for(headers: &mut HeaderMap, downstream: &Downstream) {
+    let mut prior = headers.get_all(X_FORWARDED_FOR).iter();
+    let Some(first) = prior.next() else {
+        headers.insert(X_FORWARDED_FOR, downstream.client_ip_header.clone());
+        return;
+    };
+    let mut joined = Vec::with_capacity(first.len() + 48);
+    joined.extend_from_slice(first.as_bytes());
+    for value in prior {
+        joined.extend_from_slice(b", ");
+        joined.extend_from_slice(value.as_bytes());
+    }
+    joined.extend_from_slice(b", ");
+    joined.extend_from_slice(downstream.client_ip_header.as_bytes());
+    // Built from valid header values and ", ": still a valid value.
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(X_FORWARDED_FOR, value);
+    }
+}
+
+/// A new request id (UUID v4), as sent to the app and returned to the client.
+pub fn new_request_id() -> HeaderValue {
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+    HeaderValue::from_str(text).unwrap_or(HeaderValue::from_static("-"))
+}
+
+/// Rewrites an app's response headers for the client.
+pub fn rewrite_response(headers: &mut HeaderMap, request_id: &HeaderValue) {
+    remove_hop_by_hop(headers);
+    if !headers.contains_key(X_VCAP_REQUEST_ID) {
+        headers.insert(X_VCAP_REQUEST_ID, request_id.clone());
+    }
+}
+
+/// gorouter's measure of a request's header size: request line plus every header's name
+/// and value with 4 bytes of framing each.
+pub fn request_header_size(method: &str, target: &str, headers: &HeaderMap) -> usize {
+    let mut size = method.len() + target.len() + 10;
+    for (name, value) in headers {
+        size += name.as_str().len() + value.len() + 4;
+    }
+    size
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_listed_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "keep-alive, X-Secret".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert(header::TRANSFER_ENCODING, "chunked".parse().unwrap());
+        h.insert(header::TE, "trailers".parse().unwrap());
+        h.insert("x-kept", "1".parse().unwrap());
+        remove_hop_by_hop(&mut h);
+        let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-kept", "te"]);
+    }
+
+    #[test]
+    fn forwarded_for_is_joined_and_appended() {
+        let d = Downstream::new("10.0.0.9".parse().unwrap(), false);
+        let mut h = HeaderMap::new();
+        append_forwarded_for(&mut h, &d);
+        assert_eq!(h[X_FORWARDED_FOR], "10.0.0.9");
+        let mut h = HeaderMap::new();
+        h.append(X_FORWARDED_FOR, "1.1.1.1".parse().unwrap());
+        h.append(X_FORWARDED_FOR, "2.2.2.2, 3.3.3.3".parse().unwrap());
+        append_forwarded_for(&mut h, &d);
+        assert_eq!(h[X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.9");
+        assert_eq!(h.get_all(X_FORWARDED_FOR).iter().count(), 1);
+    }
+
+    #[test]
+    fn request_ids_are_uuids() {
+        let id = new_request_id();
+        assert!(uuid::Uuid::parse_str(id.to_str().unwrap()).is_ok());
+        assert_ne!(id, new_request_id());
+    }
+}
