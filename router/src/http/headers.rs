@@ -73,7 +73,8 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     let te_trailers = headers
         .get_all(header::TE)
         .iter()
-        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"trailers"));
     headers.remove(header::TE);
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));

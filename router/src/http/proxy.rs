@@ -100,6 +100,7 @@ async fn proxy(
     let downstream_version = req.version();
     prepare_request(&mut req, &host, downstream, request_id);
     let mut tried: Vec<Arc<str>> = Vec::new();
+    let mut last_failure = None;
     let mut pool = pool;
     loop {
         let (endpoint, in_flight) = match &instance {
@@ -117,10 +118,14 @@ async fn proxy(
                         host: host_text.to_owned(),
                     });
                 }
+                // Every endpoint was tried: the last failure is the answer.
                 Pick::Exhausted => {
-                    return Err(ProxyError::NoEndpoints {
-                        host: host_text.to_owned(),
-                    });
+                    return Err(last_failure.map_or_else(
+                        || ProxyError::NoEndpoints {
+                            host: host_text.to_owned(),
+                        },
+                        ProxyError::Endpoint,
+                    ));
                 }
             },
         };
@@ -141,6 +146,7 @@ async fn proxy(
                     return Err(err.into());
                 }
                 req = *unsent;
+                last_failure = Some(err);
                 // A new snapshot may hold endpoints registered since the first attempt.
                 if let Ok(fresh) = find_pool(ctx, host_text, req.uri().path()) {
                     pool = fresh;
