@@ -275,7 +275,13 @@ impl Config {
                 } else {
                     key
                 };
-                ConfigError::invalid(key, e.into_inner().to_string())
+                // serde_yaml_ng may already prefix its message with the path.
+                let reason = e.into_inner().to_string();
+                let reason = match reason.strip_prefix(&format!("{key}: ")) {
+                    Some(rest) => rest.to_owned(),
+                    None => reason,
+                };
+                ConfigError::invalid(key, reason)
             })?
         };
         config.validate()?;
