@@ -99,6 +99,8 @@ pub struct Config {
     pub max_idle_conns_per_host: usize,
     pub max_request_header_bytes: usize,
     pub sticky_session_cookie_names: Vec<String>,
+    /// Mark `__VCAP_ID__` Secure even when the app's session cookie is not.
+    pub secure_cookies: bool,
     #[serde(deserialize_with = "duration::deserialize")]
     pub drain_wait: Duration,
     #[serde(deserialize_with = "duration::deserialize")]
@@ -135,6 +137,7 @@ impl Default for Config {
             max_idle_conns_per_host: 100,
             max_request_header_bytes: 1024 * 1024,
             sticky_session_cookie_names: vec!["JSESSIONID".to_owned()],
+            secure_cookies: false,
             drain_wait: Duration::ZERO,
             drain_timeout: Duration::from_secs(900),
             access_log: AccessLogConfig::default(),

@@ -5,6 +5,7 @@ pub mod body;
 pub mod errors;
 pub mod headers;
 pub mod proxy;
+pub mod sticky;
 
 pub use body::ProxyBody;
 pub use errors::ProxyError;

@@ -15,15 +15,19 @@
 //! - [`bus`]: the message bus, NATS or in-process, behind one type.
 //! - [`route_updates`]: the control loop feeding the registry from the bus and the config,
 //!   batching updates and pruning stale endpoints.
-//! - [`status`]: `/health`, `/routes` and friends.
+//! - [`status`]: `/health`, `/metrics`, `/varz`, `/routes`.
+//! - [`metrics`]: counters and the latency histogram, sharded per worker.
+//! - [`access_log`]: the CF access log, written by its own thread.
 //! - [`config`]: the YAML config with gorouter's keys.
 //! - [`server`]: `run(config, listeners, shutdown)`, which starts all of the above.
 
+pub mod access_log;
 pub mod balancer;
 pub mod bus;
 pub mod config;
 pub mod http;
 pub mod listener;
+pub mod metrics;
 pub mod protocol;
 pub mod route_table;
 pub mod route_updates;

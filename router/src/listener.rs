@@ -81,7 +81,7 @@ async fn serve_connection(
     stop: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
-    let downstream = Arc::new(Downstream::new(peer.ip(), false));
+    let downstream = Arc::new(Downstream::new(peer, false));
     let service = service_fn(move |req| {
         let downstream = downstream.clone();
         let ctx = ctx.clone();

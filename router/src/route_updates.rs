@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bus::{Bus, BusMessage, BusState};
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::protocol::{
     RegistryMessage, RouterStart, SUBJECT_GREET, SUBJECT_REGISTER, SUBJECT_START,
     SUBJECT_UNREGISTER,
@@ -52,6 +53,7 @@ pub async fn run(
     registry: Arc<Registry>,
     config: Arc<Config>,
     bus: Option<Bus>,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
     let start_payload = match serde_json::to_vec(&router_start(
@@ -85,7 +87,15 @@ pub async fn run(
     let mut seen_connects = 0;
     // Announce on the connection we may already have.
     let current = *state.borrow_and_update();
-    on_state(&registry, &bus, &start_payload, current, &mut seen_connects).await;
+    on_state(
+        &registry,
+        &bus,
+        &metrics,
+        &start_payload,
+        current,
+        &mut seen_connects,
+    )
+    .await;
 
     loop {
         tokio::select! {
@@ -97,12 +107,12 @@ pub async fn run(
                     return;
                 };
                 let mut batch = 1;
-                handle_message(&registry, &bus, &start_payload, msg).await;
+                handle_message(&registry, &bus, &metrics, &start_payload, msg).await;
                 // Drain what is already queued, then publish once.
                 while batch < MAX_BATCH {
                     match subscription.next().now_or_never() {
                         Some(Some(msg)) => {
-                            handle_message(&registry, &bus, &start_payload, msg).await;
+                            handle_message(&registry, &bus, &metrics, &start_payload, msg).await;
                             batch += 1;
                         }
                         _ => break,
@@ -117,7 +127,7 @@ pub async fn run(
                     continue;
                 }
                 let current = *state.borrow_and_update();
-                on_state(&registry, &bus, &start_payload, current, &mut seen_connects).await;
+                on_state(&registry, &bus, &metrics, &start_payload, current, &mut seen_connects).await;
             }
             _ = prune_ticker.tick() => {
                 let connected = state.borrow().connected;
@@ -127,6 +137,7 @@ pub async fn run(
                 }
                 let pruned = registry.prune(Instant::now());
                 if pruned > 0 {
+                    metrics.pruned(pruned);
                     tracing::info!(endpoints = pruned, "pruned-route");
                 }
                 registry.publish();
@@ -140,10 +151,12 @@ pub async fn run(
 async fn on_state(
     registry: &Registry,
     bus: &Bus,
+    metrics: &Metrics,
     start_payload: &Bytes,
     state: BusState,
     seen_connects: &mut u64,
 ) {
+    metrics.set_nats_connected(state.connected);
     if !state.connected {
         tracing::warn!("message bus disconnected");
         return;
@@ -164,7 +177,13 @@ async fn on_state(
     }
 }
 
-async fn handle_message(registry: &Registry, bus: &Bus, start_payload: &Bytes, msg: BusMessage) {
+async fn handle_message(
+    registry: &Registry,
+    bus: &Bus,
+    metrics: &Metrics,
+    start_payload: &Bytes,
+    msg: BusMessage,
+) {
     match msg.subject.as_str() {
         SUBJECT_REGISTER | SUBJECT_UNREGISTER => {
             let parsed = RegistryMessage::parse(&msg.payload).and_then(|m| {
@@ -174,6 +193,7 @@ async fn handle_message(registry: &Registry, bus: &Bus, start_payload: &Bytes, m
             let reg = match parsed {
                 Ok(reg) => reg,
                 Err(reason) => {
+                    metrics.invalid_message();
                     tracing::warn!(
                         subject = %msg.subject,
                         reason = %reason,
@@ -184,11 +204,13 @@ async fn handle_message(registry: &Registry, bus: &Bus, start_payload: &Bytes, m
                 }
             };
             let now = Instant::now();
-            let changes = if msg.subject == SUBJECT_REGISTER {
-                registry.register(&reg, now, false)
-            } else {
+            let unregister = msg.subject == SUBJECT_UNREGISTER;
+            let changes = if unregister {
                 registry.unregister(&reg, now)
+            } else {
+                registry.register(&reg, now, false)
             };
+            metrics.registry_message(unregister, &changes);
             tracing::debug!(subject = %msg.subject, host = %reg.host, port = reg.endpoint_port(), ?changes, "registry message");
         }
         SUBJECT_GREET => {

@@ -12,10 +12,12 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
+use crate::access_log::AccessLog;
 use crate::bus::{Bus, BusError, NatsOptions};
 use crate::config::Config;
 use crate::http::ProxyContext;
 use crate::listener::{self, DownstreamSettings};
+use crate::metrics::Metrics;
 use crate::route_table::{Registry, RegistrySettings};
 use crate::route_updates;
 use crate::status::{self, Credentials, Health, StatusListener, StatusState};
@@ -163,6 +165,12 @@ pub async fn start(
         None => None,
     };
     let health = Arc::new(Health::default());
+    let workers_count = config.effective_worker_threads();
+    let metrics = Arc::new(Metrics::new(workers_count));
+    let access_log = match config.access_log.file.as_str() {
+        "" => None,
+        file => Some(AccessLog::open(file, metrics.clone())?),
+    };
     let control_stop = CancellationToken::new();
     let stop = CancellationToken::new();
 
@@ -175,12 +183,14 @@ pub async fn start(
         registry.clone(),
         config.clone(),
         bus,
+        metrics.clone(),
         control_stop.clone(),
     ));
 
     let status_state = Arc::new(StatusState {
         health: health.clone(),
         registry: registry.clone(),
+        metrics: metrics.clone(),
         credentials: Credentials {
             user: config.status.user.clone(),
             pass: config.status.pass.clone(),
@@ -200,7 +210,6 @@ pub async fn start(
         ));
     }
 
-    let ctx = Arc::new(ProxyContext::new(&config, registry.table()));
     let header_read_timeout = if config.read_header_timeout.is_zero() {
         config.frontend_idle_timeout
     } else {
@@ -213,10 +222,16 @@ pub async fn start(
     });
     listeners.http.set_nonblocking(true)?;
     let mut workers = Vec::new();
-    for index in 0..config.effective_worker_threads() {
+    for index in 0..workers_count {
         let socket = listeners.http.try_clone()?;
         let (done_tx, done_rx) = oneshot::channel();
-        let ctx = ctx.clone();
+        let ctx = Arc::new(ProxyContext::new(
+            &config,
+            registry.table(),
+            metrics.clone(),
+            index,
+            access_log.clone(),
+        ));
         let settings = settings.clone();
         let stop = stop.clone();
         std::thread::Builder::new()

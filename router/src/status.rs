@@ -1,5 +1,6 @@
-//! Status listeners: `/health` on `status.port`; `/routes` (JSON, basic auth) on
-//! `status.routes.port`, which is bound to 127.0.0.1 only.
+//! Status listeners: `/health`, `/metrics` (Prometheus text) and `/varz` (JSON, basic
+//! auth) on `status.port`; `/routes` (JSON, basic auth) on `status.routes.port`, which is
+//! bound to 127.0.0.1 only.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -19,6 +20,7 @@ use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::Metrics;
 use crate::route_table::{Registry, UpstreamProtocol};
 
 /// The router's life cycle as `/health` reports it.
@@ -95,6 +97,7 @@ impl Credentials {
 pub struct StatusState {
     pub health: Arc<Health>,
     pub registry: Arc<Registry>,
+    pub metrics: Arc<Metrics>,
     pub credentials: Credentials,
 }
 
@@ -146,19 +149,35 @@ fn route(
     req: &Request<Incoming>,
     state: &StatusState,
 ) -> Response<Full<Bytes>> {
-    match (kind, req.uri().path()) {
+    let path = req.uri().path();
+    let needs_auth = matches!(
+        (kind, path),
+        (StatusListener::Routes, "/routes") | (StatusListener::Status, "/varz")
+    );
+    if needs_auth && !state.credentials.allows(req) {
+        let mut resp = text(StatusCode::UNAUTHORIZED, "401 Unauthorized\n");
+        resp.headers_mut().insert(
+            WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"router\""),
+        );
+        return resp;
+    }
+    match (kind, path) {
         (StatusListener::Status, "/health") => health(state),
-        (StatusListener::Routes, "/routes") => {
-            if !state.credentials.allows(req) {
-                let mut resp = text(StatusCode::UNAUTHORIZED, "401 Unauthorized\n");
-                resp.headers_mut().insert(
-                    WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Basic realm=\"router\""),
-                );
-                return resp;
-            }
-            routes(state)
+        (StatusListener::Status, "/metrics") => {
+            let table = state.registry.table().load_full();
+            let mut resp = text(StatusCode::OK, &state.metrics.prometheus(&table));
+            resp.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            resp
         }
+        (StatusListener::Status, "/varz") => {
+            let table = state.registry.table().load_full();
+            json_response(&state.metrics.varz(&table))
+        }
+        (StatusListener::Routes, "/routes") => routes(state),
         _ => text(StatusCode::NOT_FOUND, "404 Not Found\n"),
     }
 }
@@ -231,7 +250,11 @@ fn routes(state: &StatusState) -> Response<Full<Bytes>> {
             (route.as_str(), endpoints)
         })
         .collect();
-    match serde_json::to_vec(&json) {
+    json_response(&json)
+}
+
+fn json_response(value: &impl Serialize) -> Response<Full<Bytes>> {
+    match serde_json::to_vec(value) {
         Ok(body) => {
             let mut resp = Response::new(Full::new(Bytes::from(body)));
             resp.headers_mut()
@@ -240,7 +263,7 @@ fn routes(state: &StatusState) -> Response<Full<Bytes>> {
         }
         Err(err) => text(
             StatusCode::INTERNAL_SERVER_ERROR,
-            &format!("cannot encode routes: {err}\n"),
+            &format!("cannot encode JSON: {err}\n"),
         ),
     }
 }

@@ -8,6 +8,7 @@ use http::{Response, StatusCode};
 
 use super::body::ProxyBody;
 use super::headers::X_CF_ROUTER_ERROR;
+use crate::metrics::Outcome;
 use crate::upstream::UpstreamError;
 
 /// The side of the proxy an error comes from.
@@ -56,6 +57,16 @@ impl ProxyError {
         match self {
             ProxyError::Endpoint(e) => e.is_before_request(),
             _ => false,
+        }
+    }
+
+    /// How the metrics count it.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            ProxyError::Endpoint(_) => Outcome::BadGateway,
+            ProxyError::ConnectionLimit { .. } => Outcome::ConnectionLimit,
+            ProxyError::NoEndpoints { .. } => Outcome::Other,
+            _ => Outcome::Rejected,
         }
     }
 

@@ -1,6 +1,6 @@
 //! Header rewriting on the way to the app and back, as gorouter does it.
 
-use std::net::IpAddr;
+use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::HeaderMap;
@@ -34,20 +34,20 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// Facts about the downstream connection, computed once per connection.
 #[derive(Debug, Clone)]
 pub struct Downstream {
-    pub client_ip: IpAddr,
+    pub peer: SocketAddr,
     /// `client_ip` as a header value, ready to append to X-Forwarded-For.
     pub client_ip_header: HeaderValue,
     pub tls: bool,
 }
 
 impl Downstream {
-    /// Describes a connection from `client_ip`.
-    pub fn new(client_ip: IpAddr, tls: bool) -> Self {
+    /// Describes a connection from `peer`.
+    pub fn new(peer: SocketAddr, tls: bool) -> Self {
         // An IP address always formats to a valid header value.
-        let client_ip_header = HeaderValue::from_str(&client_ip.to_string())
+        let client_ip_header = HeaderValue::from_str(&peer.ip().to_string())
             .unwrap_or(HeaderValue::from_static("unknown"));
         Downstream {
-            client_ip,
+            peer,
             client_ip_header,
             tls,
         }
@@ -173,7 +173,7 @@ mod tests {
 
     #[test]
     fn forwarded_for_is_joined_and_appended() {
-        let d = Downstream::new("10.0.0.9".parse().unwrap(), false);
+        let d = Downstream::new("10.0.0.9:1234".parse().unwrap(), false);
         let mut h = HeaderMap::new();
         append_forwarded_for(&mut h, &d);
         assert_eq!(h[X_FORWARDED_FOR], "10.0.0.9");

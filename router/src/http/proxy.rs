@@ -1,31 +1,38 @@
 //! The hot path: one request, top to bottom.
 //!
-//! check limits -> find the route (one snapshot load) -> pick an endpoint -> get an
-//! upstream connection -> send -> stream the response back. Failures before the request
-//! reached an app are retried on another endpoint, up to `backends.max_attempts`.
+//! check limits -> find the route (one snapshot load) -> pick an endpoint (sticky
+//! instance, `X-CF-App-Instance`, or the balancer) -> upstream connection -> send ->
+//! stream the response back. Failures before the request reached an app are retried on
+//! another endpoint, up to `backends.max_attempts`.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use http::header::{HOST, HeaderValue};
+use http::header::{CONTENT_LENGTH, HOST, HeaderValue, REFERER, SET_COOKIE, USER_AGENT};
 use http::uri::{PathAndQuery, Uri};
 use http::{Request, Response, Version};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use super::body::ProxyBody;
+use super::body::{Completion, ProxyBody};
 use super::errors::ProxyError;
-use super::headers::{self, Downstream, X_CF_APP_INSTANCE, X_VCAP_REQUEST_ID};
-use crate::balancer::{self, Pick};
+use super::headers::{
+    self, Downstream, X_CF_APP_INSTANCE, X_CF_ROUTER_ERROR, X_FORWARDED_FOR, X_FORWARDED_PROTO,
+    X_VCAP_REQUEST_ID,
+};
+use super::sticky;
+use crate::access_log::{AccessLog, AccessRecord};
+use crate::balancer::{self, InFlight, Pick};
 use crate::config::Config;
-use crate::route_table::{Endpoint, Pool, RouteTable};
+use crate::metrics::{Metrics, Outcome};
+use crate::route_table::{Endpoint, Pool, RouteTable, clock_ms};
 use crate::upstream::{self, SendError, UpstreamSettings};
 
 /// How long balancers skip an endpoint after a connection failure (gorouter: 30 s).
 const FAILURE_MARK: Duration = Duration::from_secs(30);
 
-/// What every request needs, shared by all connections of all workers.
+/// What every request needs; one per worker thread (the metrics shard differs).
 #[derive(Debug)]
 pub struct ProxyContext {
     pub table: Arc<ArcSwap<RouteTable>>,
@@ -33,11 +40,23 @@ pub struct ProxyContext {
     pub max_conns: u32,
     pub max_attempts: u32,
     pub max_request_header_bytes: usize,
+    pub sticky_cookie_names: Arc<[String]>,
+    pub secure_cookies: bool,
+    pub metrics: Arc<Metrics>,
+    /// This worker's metrics shard.
+    pub worker: usize,
+    pub access_log: Option<AccessLog>,
 }
 
 impl ProxyContext {
-    /// The proxy settings of a router config, reading routes from `table`.
-    pub fn new(config: &Config, table: Arc<ArcSwap<RouteTable>>) -> Self {
+    /// The proxy settings of a router config for worker `worker`.
+    pub fn new(
+        config: &Config,
+        table: Arc<ArcSwap<RouteTable>>,
+        metrics: Arc<Metrics>,
+        worker: usize,
+        access_log: Option<AccessLog>,
+    ) -> Self {
         ProxyContext {
             table,
             upstream: UpstreamSettings {
@@ -49,20 +68,40 @@ impl ProxyContext {
             max_conns: config.backends.max_conns,
             max_attempts: config.backends.max_attempts.max(1),
             max_request_header_bytes: config.max_request_header_bytes,
+            sticky_cookie_names: config.sticky_session_cookie_names.clone().into(),
+            secure_cookies: config.secure_cookies,
+            metrics,
+            worker,
+            access_log,
         }
     }
+}
+
+/// What the proxy learned about a request, for the access log and metrics.
+#[derive(Debug, Default)]
+struct Exchange {
+    endpoint: Option<Arc<Endpoint>>,
+    backend_time: Duration,
+    forwarded_for: Option<HeaderValue>,
+    forwarded_proto: Option<HeaderValue>,
 }
 
 /// Serves one downstream request; never fails (errors become gorouter's error responses).
 pub async fn handle(
     req: Request<Incoming>,
     downstream: &Downstream,
-    ctx: &ProxyContext,
+    ctx: &Arc<ProxyContext>,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     let request_id = headers::new_request_id();
-    let mut resp = match proxy(req, downstream, ctx, &request_id, started).await {
-        Ok(resp) => resp,
+    let record = ctx
+        .access_log
+        .is_some()
+        .then(|| begin_record(&req, downstream, &request_id));
+    let mut exchange = Exchange::default();
+    let result = proxy(req, downstream, ctx, &request_id, started, &mut exchange).await;
+    let (mut resp, outcome) = match result {
+        Ok(resp) => (resp, Outcome::Routed),
         Err(err) => {
             match &err {
                 ProxyError::Endpoint(e) => {
@@ -70,12 +109,30 @@ pub async fn handle(
                 }
                 other => tracing::debug!(error = %other, "request refused"),
             }
-            err.to_response()
+            (err.to_response(), err.outcome())
         }
     };
     resp.headers_mut()
         .entry(X_VCAP_REQUEST_ID)
-        .or_insert(request_id);
+        .or_insert_with(|| request_id.clone());
+    let status = resp.status().as_u16();
+    let record = record.map(|mut record| {
+        record.status = status;
+        record.endpoint = exchange.endpoint.take();
+        record.router_error = resp.headers().get(X_CF_ROUTER_ERROR).cloned();
+        record.x_forwarded_for = exchange.forwarded_for.take();
+        record.x_forwarded_proto = exchange.forwarded_proto.take();
+        record
+    });
+    resp.body_mut().on_complete(Completion {
+        ctx: ctx.clone(),
+        started,
+        status,
+        outcome,
+        response_bytes: 0,
+        backend_time: exchange.backend_time,
+        record,
+    });
     resp
 }
 
@@ -85,6 +142,7 @@ async fn proxy(
     ctx: &ProxyContext,
     request_id: &HeaderValue,
     started: Instant,
+    exchange: &mut Exchange,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let target = req.uri().path_and_query().map_or("/", PathAndQuery::as_str);
     if headers::request_header_size(req.method().as_str(), target, req.headers())
@@ -94,57 +152,50 @@ async fn proxy(
     }
     let host = request_host(&req).ok_or(ProxyError::EmptyHost)?;
     let host_text = host.to_str().map_err(|_| ProxyError::EmptyHost)?;
-    let pool = find_pool(ctx, host_text, req.uri().path())?;
+    let mut pool = find_pool(ctx, host_text, req.uri().path())?;
     let instance = app_instance(&mut req, &pool, host_text)?;
+    let sticky_target =
+        sticky::requested_instance(req.headers(), &ctx.sticky_cookie_names).map(str::to_owned);
 
     let downstream_version = req.version();
     prepare_request(&mut req, &host, downstream, request_id);
+    if ctx.access_log.is_some() {
+        exchange.forwarded_for = req.headers().get(X_FORWARDED_FOR).cloned();
+        exchange.forwarded_proto = req.headers().get(X_FORWARDED_PROTO).cloned();
+    }
     let mut tried: Vec<Arc<str>> = Vec::new();
     let mut last_failure = None;
-    let mut pool = pool;
     loop {
-        let (endpoint, in_flight) = match &instance {
-            Some(endpoint) => {
-                let slot = balancer::InFlight::try_acquire(&endpoint.stats, ctx.max_conns)
-                    .ok_or_else(|| ProxyError::ConnectionLimit {
-                        host: host_text.to_owned(),
-                    })?;
-                (endpoint.clone(), slot)
-            }
-            None => match balancer::pick(&pool, ctx.max_conns, &tried) {
-                Pick::Endpoint(endpoint, slot) => (endpoint, slot),
-                Pick::AllOverloaded => {
-                    return Err(ProxyError::ConnectionLimit {
-                        host: host_text.to_owned(),
-                    });
-                }
-                // Every endpoint was tried: the last failure is the answer.
-                Pick::Exhausted => {
-                    return Err(last_failure.map_or_else(
-                        || ProxyError::NoEndpoints {
-                            host: host_text.to_owned(),
-                        },
-                        ProxyError::Endpoint,
-                    ));
-                }
-            },
-        };
+        let (endpoint, in_flight) = choose_endpoint(
+            ctx,
+            &pool,
+            instance.as_ref(),
+            sticky_target.as_deref(),
+            &tried,
+        )
+        .map_err(|err| last_failure.take().map_or(err, ProxyError::Endpoint))?;
         headers::set_endpoint_headers(req.headers_mut(), &endpoint);
-        match upstream::send(&endpoint, req, &ctx.upstream, started).await {
+        exchange.endpoint = Some(endpoint.clone());
+        let sent_at = Instant::now();
+        let result = upstream::send(&endpoint, req, &ctx.upstream, started).await;
+        exchange.backend_time = sent_at.elapsed();
+        match result {
             Ok(mut resp) => {
                 endpoint.stats.clear_failed();
                 headers::rewrite_response(resp.headers_mut(), request_id);
+                set_sticky_cookie(ctx, &pool, &endpoint, sticky_target.as_deref(), &mut resp);
                 // Answer in the client's protocol, whatever version the app spoke.
                 *resp.version_mut() = downstream_version;
-                return Ok(resp.map(|body| ProxyBody::Upstream(body, Some(in_flight))));
+                return Ok(resp.map(|body| ProxyBody::upstream(body, in_flight)));
             }
             Err(SendError::NotSent(err, unsent)) => {
                 endpoint.stats.mark_failed(FAILURE_MARK);
-                tracing::info!(endpoint = %endpoint.key, error = %err, "retrying on another endpoint");
                 tried.push(endpoint.key.clone());
                 if instance.is_some() || tried.len() >= ctx.max_attempts as usize {
                     return Err(err.into());
                 }
+                tracing::info!(endpoint = %endpoint.key, error = %err, "retrying on another endpoint");
+                ctx.metrics.worker(ctx.worker).retry();
                 req = *unsent;
                 last_failure = Some(err);
                 // A new snapshot may hold endpoints registered since the first attempt.
@@ -154,6 +205,69 @@ async fn proxy(
             }
             Err(SendError::Failed(err)) => return Err(err.into()),
         }
+    }
+}
+
+/// The endpoint for the next attempt: the `X-CF-App-Instance` target, else the sticky
+/// instance while it exists and has room, else the balancer's pick.
+fn choose_endpoint(
+    ctx: &ProxyContext,
+    pool: &Pool,
+    instance: Option<&Arc<Endpoint>>,
+    sticky_target: Option<&str>,
+    tried: &[Arc<str>],
+) -> Result<(Arc<Endpoint>, InFlight), ProxyError> {
+    let limit = || ProxyError::ConnectionLimit {
+        host: pool.route_name(),
+    };
+    if let Some(endpoint) = instance {
+        let slot = InFlight::try_acquire(&endpoint.stats, ctx.max_conns).ok_or_else(limit)?;
+        return Ok((endpoint.clone(), slot));
+    }
+    let now = clock_ms();
+    if let Some(endpoint) = sticky_target
+        .and_then(|id| pool.endpoint_by_instance_id(id))
+        .filter(|e| !tried.iter().any(|t| **t == *e.key) && !e.stats.is_failed(now))
+        && let Some(slot) = InFlight::try_acquire(&endpoint.stats, ctx.max_conns)
+    {
+        return Ok((endpoint.clone(), slot));
+    }
+    match balancer::pick(pool, ctx.max_conns, tried) {
+        Pick::Endpoint(endpoint, slot) => Ok((endpoint, slot)),
+        Pick::AllOverloaded => Err(limit()),
+        Pick::Exhausted => Err(ProxyError::NoEndpoints {
+            host: pool.route_name(),
+        }),
+    }
+}
+
+/// Adds `__VCAP_ID__` when the app started a session, or when a sticky request had to
+/// move to another instance (gorouter's rules), unless the app set it itself.
+fn set_sticky_cookie<B>(
+    ctx: &ProxyContext,
+    pool: &Pool,
+    endpoint: &Endpoint,
+    requested: Option<&str>,
+    resp: &mut Response<B>,
+) {
+    if endpoint.data.instance_id.is_empty() {
+        return;
+    }
+    let moved = requested.is_some_and(|id| id != endpoint.data.instance_id);
+    if !moved && !resp.headers().contains_key(SET_COOKIE) {
+        return;
+    }
+    let cookies = sticky::response_cookies(resp.headers(), &ctx.sticky_cookie_names);
+    if cookies.sets_vcap_id || (cookies.session.is_none() && !moved) {
+        return;
+    }
+    if let Some(cookie) = sticky::vcap_id_cookie(
+        &endpoint.data.instance_id,
+        &pool.context_path,
+        cookies.session.as_ref(),
+        ctx.secure_cookies,
+    ) {
+        resp.headers_mut().append(SET_COOKIE, cookie);
     }
 }
 
@@ -243,6 +357,42 @@ fn prepare_request(
         req.headers_mut().insert(HOST, host.clone());
     }
     headers::rewrite_request(req.headers_mut(), downstream, request_id);
+}
+
+/// The access-log fields known when the request arrives.
+fn begin_record(
+    req: &Request<Incoming>,
+    downstream: &Downstream,
+    request_id: &HeaderValue,
+) -> Box<AccessRecord> {
+    let header = |name| req.headers().get(name).cloned();
+    Box::new(AccessRecord {
+        received_at: SystemTime::now(),
+        host: request_host(req),
+        method: req.method().clone(),
+        target: req
+            .uri()
+            .path_and_query()
+            .map_or_else(|| req.uri().to_string(), |p| p.as_str().to_owned()),
+        version: req.version(),
+        status: 0,
+        request_bytes: req
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .unwrap_or(0),
+        response_bytes: 0,
+        referer: header(REFERER),
+        user_agent: header(USER_AGENT),
+        client: downstream.peer,
+        endpoint: None,
+        x_forwarded_for: None,
+        x_forwarded_proto: None,
+        request_id: request_id.clone(),
+        response_time: Duration::ZERO,
+        gorouter_time: Duration::ZERO,
+        router_error: None,
+    })
 }
 
 #[cfg(test)]
