@@ -110,6 +110,7 @@ pub struct Config {
     #[serde(deserialize_with = "port_range")]
     pub tcp_port_range: (u16, u16),
     pub zone: String,
+    pub tracing: TracingConfig,
     /// Proxy worker threads, each with its own single-threaded runtime (0: one per CPU).
     pub worker_threads: usize,
 }
@@ -145,6 +146,7 @@ impl Default for Config {
             tcp_port_range: (1024, 65535),
             zone: String::new(),
             worker_threads: 0,
+            tracing: TracingConfig::default(),
         }
     }
 }
@@ -228,6 +230,16 @@ impl Default for BackendsConfig {
             max_attempts: 3,
         }
     }
+}
+
+/// `tracing.*`: trace-context headers.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct TracingConfig {
+    /// Continue or start W3C `traceparent` / `tracestate` on every request.
+    pub enable_w3c: bool,
+    /// Tenant prefix of this router's `tracestate` entry (`tenant@gorouter`).
+    pub w3c_tenant_id: String,
 }
 
 /// `access_log.*`.

@@ -6,6 +6,7 @@ pub mod errors;
 pub mod headers;
 pub mod proxy;
 pub mod sticky;
+pub mod w3c;
 
 pub use body::ProxyBody;
 pub use errors::ProxyError;

@@ -69,11 +69,74 @@ impl UpstreamError {
 /// can be tried) or it may have reached the app.
 #[derive(Debug)]
 pub enum SendError {
-    NotSent(UpstreamError, Box<Request<Incoming>>),
+    NotSent(UpstreamError, Box<Request<RequestBody>>),
     Failed(UpstreamError),
 }
 
-type Sender = http1::SendRequest<Incoming>;
+/// A request body sent upstream: the client's, streamed, or none.
+#[derive(Debug)]
+pub enum RequestBody {
+    Downstream(Incoming),
+    Empty,
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            RequestBody::Downstream(body) => Pin::new(body).poll_frame(cx),
+            RequestBody::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Downstream(body) => body.is_end_stream(),
+            RequestBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Downstream(body) => body.size_hint(),
+            RequestBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
+type Sender = http1::SendRequest<RequestBody>;
+
+/// A copy of a bodiless idempotent request, kept while it goes out on a reused
+/// connection: if the app closed that connection as the request was written (the
+/// keep-alive race), the copy goes out again on a fresh connection.
+struct Replay(http::request::Parts);
+
+impl Replay {
+    fn of(req: &Request<RequestBody>) -> Option<Replay> {
+        let idempotent = matches!(
+            *req.method(),
+            http::Method::GET | http::Method::HEAD | http::Method::OPTIONS | http::Method::TRACE
+        );
+        if !idempotent || !req.body().is_end_stream() {
+            return None;
+        }
+        let mut parts = Request::new(()).into_parts().0;
+        parts.method = req.method().clone();
+        parts.uri = req.uri().clone();
+        parts.version = req.version();
+        parts.headers = req.headers().clone();
+        Some(Replay(parts))
+    }
+
+    fn into_request(self) -> Request<RequestBody> {
+        Request::from_parts(self.0, RequestBody::Empty)
+    }
+}
 
 struct IdleConn {
     sender: Sender,
@@ -119,7 +182,7 @@ fn checkin(key: Arc<str>, sender: Sender, max_idle: usize) {
 /// out, retries once on a fresh connection (that is not a new attempt).
 pub async fn send(
     endpoint: &Endpoint,
-    mut req: Request<Incoming>,
+    mut req: Request<RequestBody>,
     settings: &UpstreamSettings,
     started: Instant,
 ) -> Result<Response<UpstreamBody>, SendError> {
@@ -128,12 +191,17 @@ pub async fn send(
     if let Some(mut sender) = checkout(&endpoint.key, settings.idle_timeout)
         && sender.ready().await.is_ok()
     {
+        let replay = Replay::of(&req);
         match with_deadline(deadline, sender.try_send_request(req)).await {
             Ok(Ok(resp)) => return Ok(wrap(resp, endpoint, sender, settings, deadline)),
-            Ok(Err(mut err)) => match err.take_message() {
+            Ok(Err(mut err)) => match (err.take_message(), replay) {
                 // The connection was closed under us before the request was written.
-                Some(unsent) => req = unsent,
-                None => {
+                (Some(unsent), _) => req = unsent,
+                (None, Some(replay)) if err.error().is_incomplete_message() => {
+                    tracing::debug!(endpoint = %endpoint.key, "pooled connection closed under a request; replaying it");
+                    req = replay.into_request();
+                }
+                (None, _) => {
                     return Err(SendError::Failed(UpstreamError::Exchange(err.into_error())));
                 }
             },

@@ -14,6 +14,8 @@ mod errors;
 mod headers;
 #[path = "e2e/nats.rs"]
 mod nats;
+#[path = "e2e/operations.rs"]
+mod operations;
 #[path = "e2e/routing.rs"]
 mod routing;
 #[path = "e2e/status.rs"]

@@ -12,6 +12,7 @@ use arc_swap::ArcSwap;
 use http::header::{CONTENT_LENGTH, HOST, HeaderValue, REFERER, SET_COOKIE, USER_AGENT};
 use http::uri::{PathAndQuery, Uri};
 use http::{Request, Response, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
@@ -21,13 +22,13 @@ use super::headers::{
     self, Downstream, X_CF_APP_INSTANCE, X_CF_ROUTER_ERROR, X_FORWARDED_FOR, X_FORWARDED_PROTO,
     X_VCAP_REQUEST_ID,
 };
-use super::sticky;
+use super::{sticky, w3c};
 use crate::access_log::{AccessLog, AccessRecord};
 use crate::balancer::{self, InFlight, Pick};
 use crate::config::Config;
 use crate::metrics::{Metrics, Outcome};
 use crate::route_table::{Endpoint, Pool, RouteTable, clock_ms};
-use crate::upstream::{self, SendError, UpstreamSettings};
+use crate::upstream::{self, RequestBody, SendError, UpstreamSettings};
 
 /// How long balancers skip an endpoint after a connection failure (gorouter: 30 s).
 const FAILURE_MARK: Duration = Duration::from_secs(30);
@@ -46,6 +47,8 @@ pub struct ProxyContext {
     /// This worker's metrics shard.
     pub worker: usize,
     pub access_log: Option<AccessLog>,
+    /// `Some(tenant)` when W3C trace context is on.
+    pub w3c_tenant: Option<String>,
 }
 
 impl ProxyContext {
@@ -73,6 +76,10 @@ impl ProxyContext {
             metrics,
             worker,
             access_log,
+            w3c_tenant: config
+                .tracing
+                .enable_w3c
+                .then(|| config.tracing.w3c_tenant_id.clone()),
         }
     }
 }
@@ -93,7 +100,11 @@ pub async fn handle(
     ctx: &Arc<ProxyContext>,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
-    let request_id = headers::new_request_id();
+    let request_id = ctx
+        .w3c_tenant
+        .as_ref()
+        .and_then(|_| w3c::request_id_from_trace(req.headers()))
+        .unwrap_or_else(headers::new_request_id);
     let record = ctx
         .access_log
         .is_some()
@@ -158,7 +169,14 @@ async fn proxy(
         sticky::requested_instance(req.headers(), &ctx.sticky_cookie_names).map(str::to_owned);
 
     let downstream_version = req.version();
-    prepare_request(&mut req, &host, downstream, request_id);
+    let mut req = prepare_request(req, &host, downstream, request_id);
+    if let Some(tenant) = &ctx.w3c_tenant {
+        w3c::rewrite(
+            req.headers_mut(),
+            request_id.to_str().unwrap_or_default(),
+            tenant,
+        );
+    }
     if ctx.access_log.is_some() {
         exchange.forwarded_for = req.headers().get(X_FORWARDED_FOR).cloned();
         exchange.forwarded_proto = req.headers().get(X_FORWARDED_PROTO).cloned();
@@ -339,11 +357,11 @@ pub fn parse_app_instance(value: &[u8]) -> Result<(&str, &str), ProxyError> {
 /// Makes the request fit to send upstream: HTTP/1.1, origin-form target, a Host header,
 /// and the endpoint-independent forwarding headers (set once, whatever the attempts).
 fn prepare_request(
-    req: &mut Request<Incoming>,
+    mut req: Request<Incoming>,
     host: &HeaderValue,
     downstream: &Downstream,
     request_id: &HeaderValue,
-) {
+) -> Request<RequestBody> {
     if req.uri().scheme().is_some() || req.uri().authority().is_some() {
         let path = req
             .uri()
@@ -357,6 +375,13 @@ fn prepare_request(
         req.headers_mut().insert(HOST, host.clone());
     }
     headers::rewrite_request(req.headers_mut(), downstream, request_id);
+    req.map(|body| {
+        if body.is_end_stream() {
+            RequestBody::Empty
+        } else {
+            RequestBody::Downstream(body)
+        }
+    })
 }
 
 /// The access-log fields known when the request arrives.

@@ -154,12 +154,15 @@ impl Drop for NatsServer {
 }
 
 /// A real HTTP/1.1 backend. Every request gets a JSON echo of what arrived, except
-/// `/bytes/N` (streams N bytes) and `/count` (reads the body, answers its length).
+/// `/bytes/N` (streams N bytes), `/count` (reads the body, answers its length),
+/// `/sleep/MS` (echoes after MS milliseconds), `/session` (echoes and sets a JSESSIONID
+/// cookie) and `/die` (drops the connection without answering).
 pub struct Backend {
     pub addr: SocketAddr,
     pub name: String,
     pub requests: Arc<AtomicUsize>,
     stop: CancellationToken,
+    tasks: tokio_util::task::TaskTracker,
 }
 
 impl Backend {
@@ -169,7 +172,9 @@ impl Backend {
         let stop = CancellationToken::new();
         let requests = Arc::new(AtomicUsize::new(0));
         let (name_owned, stop_task, count) = (name.to_owned(), stop.clone(), requests.clone());
-        tokio::spawn(async move {
+        let tasks = tokio_util::task::TaskTracker::new();
+        let conn_tasks = tasks.clone();
+        tasks.spawn(async move {
             loop {
                 let (stream, _) = tokio::select! {
                     accepted = listener.accept() => accepted.unwrap(),
@@ -178,7 +183,7 @@ impl Backend {
                 let name = name_owned.clone();
                 let count = count.clone();
                 let stop = stop_task.clone();
-                tokio::spawn(async move {
+                conn_tasks.spawn(async move {
                     let service = service_fn(move |req| {
                         count.fetch_add(1, Ordering::Relaxed);
                         backend_answer(name.clone(), req)
@@ -197,6 +202,7 @@ impl Backend {
             name: name.to_owned(),
             requests,
             stop,
+            tasks,
         }
     }
 
@@ -213,9 +219,12 @@ impl Backend {
         }
     }
 
-    /// Stops accepting and closes every connection.
-    pub fn stop(&self) {
+    /// Dies like a killed process: stops listening and closes every connection, and
+    /// returns once all of that is done.
+    pub async fn stop(&self) {
         self.stop.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
     }
 }
 
@@ -233,8 +242,15 @@ type BackendBody = http_body_util::Either<
 async fn backend_answer(
     name: String,
     req: Request<Incoming>,
-) -> Result<Response<BackendBody>, Infallible> {
+) -> Result<Response<BackendBody>, std::io::Error> {
     let path = req.uri().path().to_owned();
+    if path == "/die" {
+        // An error from the service makes hyper close the connection unanswered.
+        return Err(std::io::Error::other("told to die"));
+    }
+    if let Some(ms) = path.strip_prefix("/sleep/") {
+        tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
+    }
     if let Some(n) = path.strip_prefix("/bytes/") {
         // Streams N bytes in 64 KiB chunks without holding them all at once.
         let n: usize = n.parse().unwrap_or(0);
@@ -286,6 +302,14 @@ async fn backend_answer(
         .insert("content-type", "application/json".parse().unwrap());
     resp.headers_mut()
         .insert("x-backend", name.parse().unwrap());
+    if path == "/session" {
+        resp.headers_mut().insert(
+            "set-cookie",
+            format!("JSESSIONID=session-{name}; Path=/; SameSite=Lax")
+                .parse()
+                .unwrap(),
+        );
+    }
     Ok(resp)
 }
 
