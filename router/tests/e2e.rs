@@ -8,10 +8,14 @@ mod support;
 
 #[path = "e2e/config_cli.rs"]
 mod config_cli;
+#[path = "e2e/drain.rs"]
+mod drain;
 #[path = "e2e/errors.rs"]
 mod errors;
 #[path = "e2e/headers.rs"]
 mod headers;
+#[path = "e2e/limits.rs"]
+mod limits;
 #[path = "e2e/nats.rs"]
 mod nats;
 #[path = "e2e/operations.rs"]
