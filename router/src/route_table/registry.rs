@@ -106,6 +106,8 @@ pub struct Registry {
     dirty_hosts: DashSet<Arc<str>>,
     tcp_dirty: std::sync::atomic::AtomicBool,
     table: Arc<ArcSwap<RouteTable>>,
+    /// Bumped after every publish that changed TCP routes, for the TCP listener manager.
+    tcp_version: tokio::sync::watch::Sender<u64>,
     endpoint_count: AtomicUsize,
 }
 
@@ -120,6 +122,7 @@ impl Registry {
             dirty_hosts: DashSet::new(),
             tcp_dirty: Default::default(),
             table: Arc::new(ArcSwap::from_pointee(RouteTable::default())),
+            tcp_version: tokio::sync::watch::Sender::new(0),
             endpoint_count: AtomicUsize::new(0),
         }
     }
@@ -127,6 +130,11 @@ impl Registry {
     /// The published table, for the request path to `load()`.
     pub fn table(&self) -> Arc<ArcSwap<RouteTable>> {
         self.table.clone()
+    }
+
+    /// Notified after each publish that changed TCP routes (the value is a counter).
+    pub fn tcp_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.tcp_version.subscribe()
     }
 
     /// Number of (route, endpoint) registrations held.
@@ -351,6 +359,9 @@ impl Registry {
             route_count,
             tcp,
         }));
+        if tcp_dirty {
+            self.tcp_version.send_modify(|v| *v += 1);
+        }
         true
     }
 
