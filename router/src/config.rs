@@ -28,7 +28,8 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
-    fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Self {
+    /// An invalid value at `key`.
+    pub fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Self {
         ConfigError::Invalid {
             key: key.into(),
             reason: reason.into(),
@@ -71,6 +72,23 @@ pub struct Config {
     pub port: u16,
     pub enable_ssl: bool,
     pub ssl_port: u16,
+    /// Certificates for the TLS listener, chosen by SNI.
+    pub tls_pem: Vec<TlsPem>,
+    #[serde(deserialize_with = "tls_version")]
+    pub min_tls_version: TlsVersion,
+    #[serde(deserialize_with = "tls_version")]
+    pub max_tls_version: TlsVersion,
+    pub client_cert_validation: ClientCertValidation,
+    /// PEM bundle of CAs trusted for client certificates.
+    pub client_ca_certs: String,
+    pub forwarded_client_cert: ForwardedClientCert,
+    /// Serve HTTP/2 downstream (ALPN on TLS, prior knowledge on plain) and to endpoints
+    /// registered with `protocol: http2`.
+    pub enable_http2: bool,
+    pub http2: Http2Config,
+    /// Time allowed for a TLS handshake, downstream and upstream.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub tls_handshake_timeout: Duration,
     pub status: StatusConfig,
     pub nats: NatsConfig,
     pub routes: Vec<RegistryMessage>,
@@ -109,6 +127,8 @@ pub struct Config {
     pub logging: LoggingConfig,
     #[serde(deserialize_with = "port_range")]
     pub tcp_port_range: (u16, u16),
+    /// Address the TCP route listeners bind.
+    pub tcp_listen_host: IpAddr,
     pub zone: String,
     pub tracing: TracingConfig,
     /// Proxy worker threads, each with its own single-threaded runtime (0: one per CPU).
@@ -121,6 +141,15 @@ impl Default for Config {
             port: 8081,
             enable_ssl: false,
             ssl_port: 8443,
+            tls_pem: Vec::new(),
+            min_tls_version: TlsVersion::Tls12,
+            max_tls_version: TlsVersion::Tls13,
+            client_cert_validation: ClientCertValidation::None,
+            client_ca_certs: String::new(),
+            forwarded_client_cert: ForwardedClientCert::AlwaysForward,
+            enable_http2: true,
+            http2: Http2Config::default(),
+            tls_handshake_timeout: Duration::from_secs(10),
             status: StatusConfig::default(),
             nats: NatsConfig::default(),
             routes: Vec::new(),
@@ -144,9 +173,82 @@ impl Default for Config {
             access_log: AccessLogConfig::default(),
             logging: LoggingConfig::default(),
             tcp_port_range: (1024, 65535),
+            tcp_listen_host: IpAddr::from([0, 0, 0, 0]),
             zone: String::new(),
             worker_threads: 0,
             tracing: TracingConfig::default(),
+        }
+    }
+}
+
+/// One `tls_pem` entry: a PEM certificate chain (leaf first) and its PEM private key.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TlsPem {
+    pub cert_chain: String,
+    pub private_key: String,
+}
+
+/// A TLS protocol version as gorouter names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TlsVersion {
+    Tls12,
+    Tls13,
+}
+
+fn tls_version<'de, D: Deserializer<'de>>(deserializer: D) -> Result<TlsVersion, D::Error> {
+    match String::deserialize(deserializer)?.as_str() {
+        "TLSv1.2" => Ok(TlsVersion::Tls12),
+        "TLSv1.3" => Ok(TlsVersion::Tls13),
+        "TLSv1.0" | "TLSv1.1" => Err(serde::de::Error::custom(
+            "TLS 1.0 and 1.1 are insecure and not supported; use TLSv1.2 or TLSv1.3",
+        )),
+        other => Err(serde::de::Error::custom(format!(
+            "{other:?} is not TLSv1.2 or TLSv1.3"
+        ))),
+    }
+}
+
+/// Whether the TLS listener asks clients for certificates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientCertValidation {
+    None,
+    Request,
+    Require,
+}
+
+/// What happens to `X-Forwarded-Client-Cert` on the way to the app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ForwardedClientCert {
+    /// Pass the client's header through untouched.
+    AlwaysForward,
+    /// Pass it through only on mutual-TLS connections; remove it otherwise.
+    Forward,
+    /// Remove it; on mutual-TLS connections set it to the client certificate.
+    SanitizeSet,
+}
+
+/// `http2.*`: limits of downstream HTTP/2 connections.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Http2Config {
+    pub max_concurrent_streams: u32,
+    pub initial_stream_window_size: u32,
+    pub initial_connection_window_size: u32,
+    pub max_frame_size: u32,
+    /// Streams a client may reset before the connection is closed (rapid-reset guard).
+    pub max_pending_accept_reset_streams: usize,
+}
+
+impl Default for Http2Config {
+    fn default() -> Self {
+        Http2Config {
+            max_concurrent_streams: 250,
+            initial_stream_window_size: 1024 * 1024,
+            initial_connection_window_size: 4 * 1024 * 1024,
+            max_frame_size: 16 * 1024,
+            max_pending_accept_reset_streams: 20,
         }
     }
 }
@@ -213,10 +315,12 @@ impl NatsConfig {
     }
 }
 
-/// `backends.*`: limits on upstream endpoints.
+/// `backends.*`: limits on upstream endpoints and how to reach TLS ones.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct BackendsConfig {
+    /// PEM bundle of CAs that sign endpoints' certificates (`tls_port` endpoints).
+    pub ca_certs: String,
     /// In-flight requests per endpoint; 0 is unlimited.
     pub max_conns: u32,
     /// Attempts on retriable failures, each on another endpoint (at least 1).
@@ -226,6 +330,7 @@ pub struct BackendsConfig {
 impl Default for BackendsConfig {
     fn default() -> Self {
         BackendsConfig {
+            ca_certs: String::new(),
             max_conns: 0,
             max_attempts: 3,
         }
@@ -375,6 +480,46 @@ impl Config {
                     "is not a valid cookie name",
                 ));
             }
+        }
+        if self.min_tls_version > self.max_tls_version {
+            return Err(ConfigError::invalid(
+                "min_tls_version",
+                "is above max_tls_version",
+            ));
+        }
+        if self.enable_ssl {
+            crate::tls::check_config(self)?;
+        }
+        if !self.backends.ca_certs.is_empty() {
+            crate::tls::parse_certs(&self.backends.ca_certs)
+                .map_err(|reason| ConfigError::invalid("backends.ca_certs", reason))?;
+        }
+        let h2 = &self.http2;
+        if h2.max_concurrent_streams == 0 {
+            return Err(ConfigError::invalid(
+                "http2.max_concurrent_streams",
+                "must be at least 1",
+            ));
+        }
+        if !(16_384..=16_777_215).contains(&h2.max_frame_size) {
+            return Err(ConfigError::invalid(
+                "http2.max_frame_size",
+                "must be between 16384 and 16777215",
+            ));
+        }
+        if h2.initial_stream_window_size == 0 || h2.initial_stream_window_size > i32::MAX as u32 {
+            return Err(ConfigError::invalid(
+                "http2.initial_stream_window_size",
+                "must be between 1 and 2^31-1",
+            ));
+        }
+        if h2.initial_connection_window_size == 0
+            || h2.initial_connection_window_size > i32::MAX as u32
+        {
+            return Err(ConfigError::invalid(
+                "http2.initial_connection_window_size",
+                "must be between 1 and 2^31-1",
+            ));
         }
         if !matches!(
             self.logging.level.as_str(),

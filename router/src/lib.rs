@@ -9,6 +9,9 @@
 //!   control plane edits.
 //! - [`balancer`]: picks an endpoint from a pool (round-robin, least-connection).
 //! - [`upstream`]: dials endpoints and keeps a per-thread pool of idle connections.
+//! - [`websocket`]: after a 101, joins client and endpoint with a byte pipe.
+//! - [`tcp`]: TCP routes (`external_port`): a listener per routed port, then a pipe.
+//! - [`pipe`]: moves bytes both ways between two connections, zero-copy (splice) on Linux.
 //!
 //! Around it:
 //! - [`protocol`]: gorouter's NATS subjects and payloads (shared with the other crates).
@@ -19,6 +22,8 @@
 //! - [`metrics`]: counters and the latency histogram, sharded per worker.
 //! - [`access_log`]: the CF access log, written by its own thread.
 //! - [`config`]: the YAML config with gorouter's keys.
+//! - [`tls`]: rustls configs: the TLS listener (SNI, ALPN, client certificates) and TLS
+//!   to endpoints.
 //! - [`server`]: `run(config, listeners, shutdown)`, which starts all of the above.
 
 pub mod access_log;
@@ -28,12 +33,16 @@ pub mod config;
 pub mod http;
 pub mod listener;
 pub mod metrics;
+pub mod pipe;
 pub mod protocol;
 pub mod route_table;
 pub mod route_updates;
 pub mod server;
 pub mod status;
+pub mod tcp;
+pub mod tls;
 pub mod upstream;
+pub mod websocket;
 
 pub use config::Config;
 pub use server::{Listeners, RouterHandle, run};

@@ -1,22 +1,26 @@
-//! Accepts downstream connections and serves each with hyper (HTTP/1.1, or HTTP/2 with
-//! prior knowledge), calling [`crate::http::handle`] for every request.
+//! Accepts downstream connections (plain, and TLS when enabled) and serves each with
+//! hyper (HTTP/1.1, or HTTP/2 by ALPN or prior knowledge), calling
+//! [`crate::http::handle`] for every request.
 //!
-//! Each worker thread runs one single-threaded runtime with its own accept loop on a clone
-//! of the listening socket: a connection, its requests and its upstream connections all
-//! stay on one thread, so nothing on the hot path crosses threads.
+//! Each worker thread runs one single-threaded runtime with its own accept loops on
+//! clones of the listening sockets: a connection, its requests and its upstream
+//! connections all stay on one thread, so nothing on the hot path crosses threads.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::rt::{Read, Write};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::config::Http2Config;
 use crate::http::{Downstream, ProxyContext, handle};
 
 /// Downstream connection limits from the config.
@@ -27,31 +31,90 @@ pub struct DownstreamSettings {
     pub max_request_header_bytes: usize,
     /// How long in-flight requests may take to finish once shutdown starts.
     pub drain_timeout: Duration,
+    pub enable_http2: bool,
+    pub http2: Http2Config,
+    pub tls_handshake_timeout: Duration,
 }
 
-/// Accepts connections until `stop` fires, then lets open connections finish their
-/// in-flight requests (up to `drain_timeout`) and returns.
+/// A listening socket, and the TLS acceptor when it is the TLS listener.
+pub struct Listener {
+    pub socket: TcpListener,
+    pub tls: Option<TlsAcceptor>,
+}
+
+/// Accepts connections until `stop` fires, then lets open connections (and upgraded
+/// pipes) finish, up to `drain_timeout`, and returns.
 pub async fn serve(
-    listener: TcpListener,
+    listeners: Vec<Listener>,
     ctx: Arc<ProxyContext>,
     settings: Arc<DownstreamSettings>,
     stop: CancellationToken,
 ) {
     let connections = TaskTracker::new();
+    let accept_loops: Vec<_> = listeners
+        .into_iter()
+        .map(|listener| {
+            tokio::spawn(accept_loop(
+                listener,
+                ctx.clone(),
+                settings.clone(),
+                stop.clone(),
+                connections.clone(),
+            ))
+        })
+        .collect();
+    for accept_loop in accept_loops {
+        let _ = accept_loop.await;
+    }
+    connections.close();
+    ctx.pipes.close();
+    let drained = async {
+        connections.wait().await;
+        ctx.pipes.wait().await;
+    };
+    if tokio::time::timeout(settings.drain_timeout, drained)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            connections = connections.len(),
+            pipes = ctx.pipes.len(),
+            "drain_timeout elapsed with connections still open; closing them"
+        );
+    }
+}
+
+async fn accept_loop(
+    listener: Listener,
+    ctx: Arc<ProxyContext>,
+    settings: Arc<DownstreamSettings>,
+    stop: CancellationToken,
+    connections: TaskTracker,
+) {
     loop {
         let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = stop.cancelled() => break,
+            accepted = listener.socket.accept() => accepted,
+            () = stop.cancelled() => return,
         };
         match accepted {
             Ok((stream, peer)) => {
-                connections.spawn(serve_connection(
-                    stream,
-                    peer,
-                    ctx.clone(),
-                    settings.clone(),
-                    stop.clone(),
-                ));
+                let _ = stream.set_nodelay(true);
+                let (ctx, settings, stop) = (ctx.clone(), settings.clone(), stop.clone());
+                match &listener.tls {
+                    None => connections.spawn(async move {
+                        let downstream = Downstream::new(peer, false);
+                        serve_connection(TokioIo::new(stream), downstream, ctx, settings, stop)
+                            .await
+                    }),
+                    Some(acceptor) => connections.spawn(serve_tls(
+                        stream,
+                        peer,
+                        acceptor.clone(),
+                        ctx,
+                        settings,
+                        stop,
+                    )),
+                };
             }
             Err(err) => {
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -60,28 +123,50 @@ pub async fn serve(
             }
         }
     }
-    drop(listener);
-    connections.close();
-    if tokio::time::timeout(settings.drain_timeout, connections.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            open = connections.len(),
-            "drain_timeout elapsed with connections still open; closing them"
-        );
-    }
 }
 
-async fn serve_connection(
+async fn serve_tls(
     stream: TcpStream,
     peer: SocketAddr,
+    acceptor: TlsAcceptor,
     ctx: Arc<ProxyContext>,
     settings: Arc<DownstreamSettings>,
     stop: CancellationToken,
 ) {
-    let _ = stream.set_nodelay(true);
-    let downstream = Arc::new(Downstream::new(peer, false));
+    let handshake = tokio::time::timeout(settings.tls_handshake_timeout, acceptor.accept(stream));
+    let tls = match handshake.await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(err)) => {
+            tracing::debug!(peer = %peer, error = %err, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(peer = %peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let client_cert = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(crate::tls::client_cert_header);
+    let mut downstream = Downstream::new(peer, true);
+    downstream.client_cert = client_cert;
+    serve_connection(TokioIo::new(tls), downstream, ctx, settings, stop).await;
+}
+
+async fn serve_connection<I>(
+    io: I,
+    downstream: Downstream,
+    ctx: Arc<ProxyContext>,
+    settings: Arc<DownstreamSettings>,
+    stop: CancellationToken,
+) where
+    I: Read + Write + Unpin + Send + 'static,
+{
+    let peer = downstream.peer;
+    let downstream = Arc::new(downstream);
     let service = service_fn(move |req| {
         let downstream = downstream.clone();
         let ctx = ctx.clone();
@@ -94,8 +179,21 @@ async fn serve_connection(
         .header_read_timeout(settings.header_read_timeout)
         // Past our own limit (answered with gorouter's 431) hyper must not cut in first.
         .max_buf_size(settings.max_request_header_bytes.max(8192) + 64 * 1024);
-    builder.http2().timer(TokioTimer::new());
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    let h2 = &settings.http2;
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(h2.max_concurrent_streams)
+        .initial_stream_window_size(h2.initial_stream_window_size)
+        .initial_connection_window_size(h2.initial_connection_window_size)
+        .max_frame_size(h2.max_frame_size)
+        .max_header_list_size(settings.max_request_header_bytes.min(u32::MAX as usize) as u32)
+        .max_pending_accept_reset_streams(h2.max_pending_accept_reset_streams)
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    if !settings.enable_http2 {
+        builder = builder.http1_only();
+    }
+    let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     let result = tokio::select! {
         result = conn.as_mut() => result,

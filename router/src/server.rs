@@ -21,11 +21,14 @@ use crate::metrics::Metrics;
 use crate::route_table::{Registry, RegistrySettings};
 use crate::route_updates;
 use crate::status::{self, Credentials, Health, StatusListener, StatusState};
+use crate::tcp;
 
 /// The router's listening sockets, bound before start.
 #[derive(Debug)]
 pub struct Listeners {
     pub http: TcpListener,
+    /// The TLS listener; used when `enable_ssl` is on.
+    pub tls: Option<TcpListener>,
     pub status: TcpListener,
     pub routes: TcpListener,
 }
@@ -38,8 +41,17 @@ impl Listeners {
             TcpListener::bind(addr)
                 .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
         };
+        let tls = if config.enable_ssl {
+            Some(bind(SocketAddr::from((
+                Ipv4Addr::UNSPECIFIED,
+                config.ssl_port,
+            )))?)
+        } else {
+            None
+        };
         Ok(Listeners {
             http: bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, config.port)))?,
+            tls,
             status: bind(SocketAddr::new(config.status.host, config.status.port))?,
             routes: bind(SocketAddr::from((
                 Ipv4Addr::LOCALHOST,
@@ -53,6 +65,7 @@ impl Listeners {
         let bind = || TcpListener::bind((Ipv4Addr::LOCALHOST, 0));
         Ok(Listeners {
             http: bind()?,
+            tls: Some(bind()?),
             status: bind()?,
             routes: bind()?,
         })
@@ -61,6 +74,11 @@ impl Listeners {
     /// Address of the proxy listener.
     pub fn http_addr(&self) -> io::Result<SocketAddr> {
         self.http.local_addr()
+    }
+
+    /// Address of the TLS listener, if bound.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// Address of the status listener.
@@ -79,10 +97,14 @@ impl Listeners {
 pub enum ServerError {
     #[error("listener: {0}")]
     Io(#[from] io::Error),
+    #[error("config: {0}")]
+    Config(#[from] crate::config::ConfigError),
     #[error("message bus: {0}")]
     Bus(#[from] BusError),
     #[error("worker thread {0} failed")]
     Worker(usize),
+    #[error("TCP router thread failed")]
+    TcpRouter,
 }
 
 /// A running router.
@@ -95,6 +117,8 @@ pub struct RouterHandle {
     /// Stops the control loop and status listeners, after the workers are done.
     control_stop: CancellationToken,
     workers: Vec<oneshot::Receiver<()>>,
+    /// Done when the TCP router has drained.
+    tcp_router: oneshot::Receiver<()>,
     drain_wait: std::time::Duration,
 }
 
@@ -134,6 +158,9 @@ impl RouterHandle {
             if worker.await.is_err() {
                 result = Err(ServerError::Worker(i));
             }
+        }
+        if self.tcp_router.await.is_err() {
+            result = Err(ServerError::TcpRouter);
         }
         self.control_stop.cancel();
         result
@@ -219,11 +246,28 @@ pub async fn start(
         header_read_timeout,
         max_request_header_bytes: config.max_request_header_bytes,
         drain_timeout: config.drain_timeout,
+        enable_http2: config.enable_http2,
+        http2: config.http2.clone(),
+        tls_handshake_timeout: config.tls_handshake_timeout,
     });
+    let tls = match (&listeners.tls, config.enable_ssl) {
+        (Some(socket), true) => {
+            socket.set_nonblocking(true)?;
+            Some((
+                socket,
+                tokio_rustls::TlsAcceptor::from(crate::tls::server_config(&config)?),
+            ))
+        }
+        _ => None,
+    };
+    let upstream_tls = Arc::new(crate::upstream::UpstreamTls::new(&config)?);
     listeners.http.set_nonblocking(true)?;
     let mut workers = Vec::new();
     for index in 0..workers_count {
-        let socket = listeners.http.try_clone()?;
+        let mut sockets = vec![(listeners.http.try_clone()?, None)];
+        if let Some((socket, acceptor)) = &tls {
+            sockets.push((socket.try_clone()?, Some(acceptor.clone())));
+        }
         let (done_tx, done_rx) = oneshot::channel();
         let ctx = Arc::new(ProxyContext::new(
             &config,
@@ -231,6 +275,7 @@ pub async fn start(
             metrics.clone(),
             index,
             access_log.clone(),
+            upstream_tls.clone(),
         ));
         let settings = settings.clone();
         let stop = stop.clone();
@@ -248,15 +293,23 @@ pub async fn start(
                     }
                 };
                 runtime.block_on(async move {
-                    match tokio::net::TcpListener::from_std(socket) {
-                        Ok(listener) => listener::serve(listener, ctx, settings, stop).await,
-                        Err(err) => tracing::error!(error = %err, "cannot register listener"),
+                    let mut listeners = Vec::new();
+                    for (socket, tls) in sockets {
+                        match tokio::net::TcpListener::from_std(socket) {
+                            Ok(socket) => listeners.push(listener::Listener { socket, tls }),
+                            Err(err) => {
+                                tracing::error!(error = %err, "cannot register listener");
+                                return;
+                            }
+                        }
                     }
+                    listener::serve(listeners, ctx, settings, stop).await;
                 });
                 let _ = done_tx.send(());
             })?;
         workers.push(done_rx);
     }
+    let tcp_router = spawn_tcp_router(&config, &registry, stop.clone())?;
 
     let warm_health = health.clone();
     tokio::spawn(async move {
@@ -275,8 +328,37 @@ pub async fn start(
         stop,
         control_stop,
         workers,
+        tcp_router,
         drain_wait: config.drain_wait,
     })
+}
+
+/// Starts the TCP router ([`tcp::run`]) on its own thread with a single-threaded runtime,
+/// like a worker; the receiver completes when it has drained after `stop`.
+fn spawn_tcp_router(
+    config: &Config,
+    registry: &Registry,
+    stop: CancellationToken,
+) -> io::Result<oneshot::Receiver<()>> {
+    let (done_tx, done_rx) = oneshot::channel();
+    let (table, changes) = (registry.table(), registry.tcp_changes());
+    let settings = tcp::TcpSettings::from_config(config);
+    std::thread::Builder::new()
+        .name("router-tcp".to_owned())
+        .spawn(move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime.block_on(tcp::run(table, changes, settings, stop)),
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot build TCP router runtime");
+                    return;
+                }
+            }
+            let _ = done_tx.send(());
+        })?;
+    Ok(done_rx)
 }
 
 /// Runs the router until `shutdown` fires, then drains and returns.

@@ -1,49 +1,62 @@
-//! Upstream connections: dial an endpoint, or reuse an idle keep-alive connection from
-//! this worker thread's pool, and send one request.
+//! Upstream: send one request to an endpoint over a pooled or new connection.
 //!
-//! The pool is per thread (each worker runs its own single-threaded runtime), so checkout
-//! and return take no lock. A connection goes back to the pool when its response body has
-//! been read to the end ([`UpstreamBody`]); a body dropped early closes the connection.
+//! HTTP/1.1 by default, reusing this worker's idle keep-alive connections; HTTP/2 (h2
+//! over TLS by ALPN, h2c on plain ports) for endpoints registered with `protocol: http2`,
+//! one multiplexed connection per endpoint. A connection goes back to the pool when its
+//! response body has been read to the end; a body dropped early closes it.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
-use std::future::Future;
-use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use bytes::Bytes;
+use http::uri::{Authority, Scheme, Uri};
 use http::{Request, Response};
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body as _;
 use hyper::body::Incoming;
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
-use tokio::time::{Instant, Sleep};
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::time::Instant;
 
-use crate::route_table::Endpoint;
+use crate::route_table::{Endpoint, UpstreamProtocol};
+use crate::tls::TlsFailure;
+
+mod body;
+mod connect;
+mod pool;
+
+pub use body::{RequestBody, UpstreamBody, UpstreamBodyError};
+pub use connect::{Alpn, UpstreamIo, UpstreamTls};
+use pool::PoolReturn;
 
 /// Upstream limits from the config.
 #[derive(Debug, Clone)]
 pub struct UpstreamSettings {
     pub dial_timeout: Duration,
+    pub tls_handshake_timeout: Duration,
     /// Deadline for the whole exchange, response body included (0: none).
     pub request_timeout: Duration,
     pub max_idle_per_host: usize,
     pub idle_timeout: Duration,
+    /// Speak HTTP/2 to `protocol: http2` endpoints (else HTTP/1.1 to all).
+    pub http2: bool,
+    pub tls: Arc<UpstreamTls>,
 }
 
 /// Why an exchange with an endpoint failed, and whether the request may have reached it.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     #[error("dial tcp {addr}: {source}")]
-    Dial { addr: String, source: io::Error },
+    Dial {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("dial tcp {0}: i/o timeout")]
     DialTimeout(String),
-    #[error("cannot resolve {0}")]
-    Resolve(String),
+    #[error("tls {addr}: {reason}")]
+    Tls {
+        addr: String,
+        failure: TlsFailure,
+        reason: String,
+    },
     #[error("handshake: {0}")]
     Handshake(hyper::Error),
     #[error("{0}")]
@@ -59,7 +72,7 @@ impl UpstreamError {
             self,
             UpstreamError::Dial { .. }
                 | UpstreamError::DialTimeout(_)
-                | UpstreamError::Resolve(_)
+                | UpstreamError::Tls { .. }
                 | UpstreamError::Handshake(_)
         )
     }
@@ -72,44 +85,6 @@ pub enum SendError {
     NotSent(UpstreamError, Box<Request<RequestBody>>),
     Failed(UpstreamError),
 }
-
-/// A request body sent upstream: the client's, streamed, or none.
-#[derive(Debug)]
-pub enum RequestBody {
-    Downstream(Incoming),
-    Empty,
-}
-
-impl Body for RequestBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        match self.get_mut() {
-            RequestBody::Downstream(body) => Pin::new(body).poll_frame(cx),
-            RequestBody::Empty => Poll::Ready(None),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            RequestBody::Downstream(body) => body.is_end_stream(),
-            RequestBody::Empty => true,
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            RequestBody::Downstream(body) => body.size_hint(),
-            RequestBody::Empty => SizeHint::with_exact(0),
-        }
-    }
-}
-
-type Sender = http1::SendRequest<RequestBody>;
 
 /// A copy of a bodiless idempotent request, kept while it goes out on a reused
 /// connection: if the app closed that connection as the request was written (the
@@ -138,62 +113,36 @@ impl Replay {
     }
 }
 
-struct IdleConn {
-    sender: Sender,
-    since: Instant,
-}
-
-thread_local! {
-    static IDLE: RefCell<HashMap<Arc<str>, Vec<IdleConn>>> = RefCell::new(HashMap::new());
-}
-
-fn checkout(key: &str, idle_timeout: Duration) -> Option<Sender> {
-    IDLE.with_borrow_mut(|idle| {
-        let conns = idle.get_mut(key)?;
-        let now = Instant::now();
-        while let Some(conn) = conns.pop() {
-            if !conn.sender.is_closed() && now.duration_since(conn.since) < idle_timeout {
-                return Some(conn.sender);
-            }
-        }
-        None
-    })
-}
-
-fn checkin(key: Arc<str>, sender: Sender, max_idle: usize) {
-    if sender.is_closed() || max_idle == 0 {
-        return;
-    }
-    // try_with: a body dropped while the thread shuts down just closes its connection.
-    let _ = IDLE.try_with(|idle| {
-        if let Ok(mut idle) = idle.try_borrow_mut() {
-            let conns = idle.entry(key).or_default();
-            if conns.len() < max_idle {
-                conns.push(IdleConn {
-                    sender,
-                    since: Instant::now(),
-                });
-            }
-        }
-    });
-}
-
-/// Sends `req` to `endpoint`. On a pooled connection found dead before the request went
-/// out, retries once on a fresh connection (that is not a new attempt).
+/// Sends `req` to `endpoint`. `upgrade` asks for a connection the response may take
+/// over (WebSocket): always HTTP/1.1, never returned to the pool after a 101.
 pub async fn send(
     endpoint: &Endpoint,
-    mut req: Request<RequestBody>,
+    req: Request<RequestBody>,
     settings: &UpstreamSettings,
     started: Instant,
+    upgrade: bool,
 ) -> Result<Response<UpstreamBody>, SendError> {
     let deadline =
         (!settings.request_timeout.is_zero()).then(|| started + settings.request_timeout);
-    if let Some(mut sender) = checkout(&endpoint.key, settings.idle_timeout)
+    if settings.http2 && endpoint.data.protocol == UpstreamProtocol::Http2 && !upgrade {
+        send_http2(endpoint, req, settings, deadline).await
+    } else {
+        send_http1(endpoint, req, settings, deadline).await
+    }
+}
+
+async fn send_http1(
+    endpoint: &Endpoint,
+    mut req: Request<RequestBody>,
+    settings: &UpstreamSettings,
+    deadline: Option<Instant>,
+) -> Result<Response<UpstreamBody>, SendError> {
+    if let Some(mut sender) = pool::checkout(&endpoint.key, settings.idle_timeout)
         && sender.ready().await.is_ok()
     {
         let replay = Replay::of(&req);
         match with_deadline(deadline, sender.try_send_request(req)).await {
-            Ok(Ok(resp)) => return Ok(wrap(resp, endpoint, sender, settings, deadline)),
+            Ok(Ok(resp)) => return Ok(wrap_http1(resp, endpoint, sender, settings, deadline)),
             Ok(Err(mut err)) => match (err.take_message(), replay) {
                 // The connection was closed under us before the request was written.
                 (Some(unsent), _) => req = unsent,
@@ -208,15 +157,103 @@ pub async fn send(
             Err(timeout) => return Err(SendError::Failed(timeout)),
         }
     }
-    let mut sender = match connect(endpoint, settings).await {
+    let mut sender = match connect_http1(endpoint, settings).await {
         Ok(sender) => sender,
         Err(err) => return Err(SendError::NotSent(err, Box::new(req))),
     };
     match with_deadline(deadline, sender.send_request(req)).await {
-        Ok(Ok(resp)) => Ok(wrap(resp, endpoint, sender, settings, deadline)),
+        Ok(Ok(resp)) => Ok(wrap_http1(resp, endpoint, sender, settings, deadline)),
         Ok(Err(err)) => Err(SendError::Failed(UpstreamError::Exchange(err))),
         Err(timeout) => Err(SendError::Failed(timeout)),
     }
+}
+
+async fn connect_http1(
+    endpoint: &Endpoint,
+    settings: &UpstreamSettings,
+) -> Result<pool::H1Sender, UpstreamError> {
+    let io = connect::dial(endpoint, settings, Alpn::Http1).await?;
+    let (sender, conn) = http1::Builder::new()
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(UpstreamError::Handshake)?;
+    tokio::spawn(async move {
+        // with_upgrades: a 101 hands the connection to the WebSocket pipe.
+        if let Err(err) = conn.with_upgrades().await {
+            tracing::debug!(error = %err, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
+async fn send_http2(
+    endpoint: &Endpoint,
+    mut req: Request<RequestBody>,
+    settings: &UpstreamSettings,
+    deadline: Option<Instant>,
+) -> Result<Response<UpstreamBody>, SendError> {
+    // HTTP/2 carries the authority and scheme as pseudo-headers: give the target both.
+    let authority = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| Authority::try_from(h.as_bytes()).ok());
+    if let Some(authority) = authority {
+        let mut parts = req.uri().clone().into_parts();
+        parts.scheme = Some(if endpoint.data.tls {
+            Scheme::HTTPS
+        } else {
+            Scheme::HTTP
+        });
+        parts.authority = Some(authority);
+        if let Ok(uri) = Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+    }
+    req.headers_mut().remove(http::header::HOST);
+    *req.version_mut() = http::Version::HTTP_2;
+
+    let mut sender = match pool::h2_sender(&endpoint.key) {
+        Some(sender) => sender,
+        None => match connect_http2(endpoint, settings).await {
+            Ok(sender) => sender,
+            Err(err) => return Err(SendError::NotSent(err, Box::new(req))),
+        },
+    };
+    if let Err(err) = sender.ready().await {
+        return Err(SendError::NotSent(
+            UpstreamError::Handshake(err),
+            Box::new(req),
+        ));
+    }
+    match with_deadline(deadline, sender.send_request(req)).await {
+        Ok(Ok(resp)) => Ok(resp.map(|inner| UpstreamBody {
+            inner,
+            pool_return: None,
+            deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
+        })),
+        Ok(Err(err)) => Err(SendError::Failed(UpstreamError::Exchange(err))),
+        Err(timeout) => Err(SendError::Failed(timeout)),
+    }
+}
+
+async fn connect_http2(
+    endpoint: &Endpoint,
+    settings: &UpstreamSettings,
+) -> Result<pool::H2Sender, UpstreamError> {
+    let io = connect::dial(endpoint, settings, Alpn::Http2).await?;
+    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(UpstreamError::Handshake)?;
+    tokio::spawn(async move {
+        if let Err(err) = conn.await {
+            tracing::debug!(error = %err, "upstream HTTP/2 connection ended with an error");
+        }
+    });
+    pool::keep_h2(endpoint.key.clone(), sender.clone());
+    Ok(sender)
 }
 
 async fn with_deadline<F: std::future::Future>(
@@ -231,130 +268,25 @@ async fn with_deadline<F: std::future::Future>(
     }
 }
 
-async fn connect(
-    endpoint: &Endpoint,
-    settings: &UpstreamSettings,
-) -> Result<Sender, UpstreamError> {
-    let addr_text = || endpoint.key.to_string();
-    let dial = async {
-        match endpoint.socket_addr {
-            Some(addr) => TcpStream::connect(addr).await,
-            None => TcpStream::connect((endpoint.data.host.as_str(), endpoint.data.port)).await,
-        }
-    };
-    let stream = match tokio::time::timeout(settings.dial_timeout, dial).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(source)) => {
-            return Err(UpstreamError::Dial {
-                addr: addr_text(),
-                source,
-            });
-        }
-        Err(_) => return Err(UpstreamError::DialTimeout(addr_text())),
-    };
-    // Small requests and responses must not wait for Nagle.
-    let _ = stream.set_nodelay(true);
-    let (sender, conn) = http1::Builder::new()
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(UpstreamError::Handshake)?;
-    tokio::spawn(async move {
-        if let Err(err) = conn.await {
-            tracing::debug!(error = %err, "upstream connection ended with an error");
-        }
-    });
-    Ok(sender)
-}
-
-fn wrap(
+fn wrap_http1(
     resp: Response<Incoming>,
     endpoint: &Endpoint,
-    sender: Sender,
+    sender: pool::H1Sender,
     settings: &UpstreamSettings,
     deadline: Option<Instant>,
 ) -> Response<UpstreamBody> {
+    // After a 101 the connection belongs to the upgrade, not to the pool; an upgraded
+    // connection has no deadline either (gorouter applies none to WebSockets).
+    let switching = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
     resp.map(|inner| UpstreamBody {
         inner,
-        pool_return: Some((endpoint.key.clone(), sender, settings.max_idle_per_host)),
-        deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
+        pool_return: (!switching).then(|| PoolReturn {
+            key: endpoint.key.clone(),
+            sender,
+            max_idle: settings.max_idle_per_host,
+        }),
+        deadline: deadline
+            .filter(|_| !switching)
+            .map(|d| Box::pin(tokio::time::sleep_until(d))),
     })
-}
-
-/// A response body from an endpoint: returns the connection to the pool at its end, and
-/// enforces the request deadline while it streams.
-pub struct UpstreamBody {
-    inner: Incoming,
-    pool_return: Option<(Arc<str>, Sender, usize)>,
-    deadline: Option<Pin<Box<Sleep>>>,
-}
-
-/// An error while streaming an upstream body.
-#[derive(Debug, thiserror::Error)]
-pub enum UpstreamBodyError {
-    #[error("upstream body: {0}")]
-    Hyper(#[from] hyper::Error),
-    #[error("upstream body: endpoint_timeout elapsed")]
-    Timeout,
-}
-
-impl UpstreamBody {
-    fn finish(&mut self) {
-        if let Some((key, sender, max_idle)) = self.pool_return.take() {
-            checkin(key, sender, max_idle);
-        }
-    }
-}
-
-impl Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = UpstreamBodyError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(None) => {
-                this.finish();
-                Poll::Ready(None)
-            }
-            Poll::Ready(Some(Ok(frame))) => {
-                if this.inner.is_end_stream() {
-                    this.finish();
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => {
-                this.pool_return = None;
-                Poll::Ready(Some(Err(e.into())))
-            }
-            Poll::Pending => {
-                if let Some(deadline) = &mut this.deadline {
-                    ready!(deadline.as_mut().poll(cx));
-                    this.pool_return = None;
-                    return Poll::Ready(Some(Err(UpstreamBodyError::Timeout)));
-                }
-                Poll::Pending
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for UpstreamBody {
-    fn drop(&mut self) {
-        // Bodiless responses (HEAD, 204, 304) may never be polled: their connection is
-        // still reusable.
-        if self.inner.is_end_stream() {
-            self.finish();
-        }
-    }
 }

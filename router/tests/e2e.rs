@@ -26,3 +26,5 @@ mod routing;
 mod status;
 #[path = "e2e/streaming.rs"]
 mod streaming;
+#[path = "e2e/tcp.rs"]
+mod tcp;

@@ -9,7 +9,23 @@ use http::{Response, StatusCode};
 use super::body::ProxyBody;
 use super::headers::X_CF_ROUTER_ERROR;
 use crate::metrics::Outcome;
+use crate::tls::TlsFailure;
 use crate::upstream::UpstreamError;
+
+/// The reason phrase, including Cloudflare-style codes gorouter uses.
+fn reason_phrase(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        496 => "SSL Certificate Required",
+        525 => "SSL Handshake Failed",
+        526 => "Invalid SSL Certificate",
+        _ => status.canonical_reason().unwrap_or(""),
+    }
+}
+
+/// A status code outside the standard set (gorouter's 496, 525, 526).
+fn status(code: u16) -> StatusCode {
+    StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY)
+}
 
 /// The side of the proxy an error comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +97,12 @@ impl ProxyError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ProxyError::HeaderTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::Endpoint(UpstreamError::Tls { failure, .. }) => match failure {
+                TlsFailure::Handshake => status(525),
+                TlsFailure::Untrusted => status(526),
+                TlsFailure::NameMismatch => StatusCode::SERVICE_UNAVAILABLE,
+                TlsFailure::ClientCertRejected => status(496),
+            },
             ProxyError::Endpoint(_) => StatusCode::BAD_GATEWAY,
         }
     }
@@ -119,6 +141,14 @@ impl ProxyError {
             )
             .into(),
             ProxyError::HeaderTooLarge => "".into(),
+            ProxyError::Endpoint(UpstreamError::Tls { failure, .. }) => match failure {
+                TlsFailure::Handshake => "SSL Handshake Failed".into(),
+                TlsFailure::Untrusted => "Invalid SSL Certificate".into(),
+                TlsFailure::NameMismatch => {
+                    "The endpoint's certificate does not match the instance it was registered as.".into()
+                }
+                TlsFailure::ClientCertRejected => "SSL Certificate Required".into(),
+            },
             ProxyError::Endpoint(_) => "Registered endpoint failed to handle the request.".into(),
         }
     }
@@ -132,7 +162,7 @@ impl ProxyError {
             ProxyBody::full(format!(
                 "{} {}: {}\n",
                 status.as_u16(),
-                status.canonical_reason().unwrap_or(""),
+                reason_phrase(status),
                 self.message()
             ))
         };

@@ -35,6 +35,8 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 #[derive(Debug, Clone)]
 pub struct Downstream {
     pub peer: SocketAddr,
+    /// The client certificate of a mutual-TLS connection, as an XFCC value.
+    pub client_cert: Option<HeaderValue>,
     /// `client_ip` as a header value, ready to append to X-Forwarded-For.
     pub client_ip_header: HeaderValue,
     pub tls: bool,
@@ -48,6 +50,7 @@ impl Downstream {
             .unwrap_or(HeaderValue::from_static("unknown"));
         Downstream {
             peer,
+            client_cert: None,
             client_ip_header,
             tls,
         }
@@ -97,6 +100,32 @@ pub fn rewrite_request(headers: &mut HeaderMap, downstream: &Downstream, request
         headers.insert(X_REQUEST_START, HeaderValue::from(ms));
     }
     headers.insert(X_VCAP_REQUEST_ID, request_id.clone());
+}
+
+pub const X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
+
+/// Applies `forwarded_client_cert`: pass the client's header, keep it only on mutual-TLS
+/// connections, or replace it with the connection's certificate.
+pub fn forward_client_cert(
+    headers: &mut HeaderMap,
+    downstream: &Downstream,
+    mode: crate::config::ForwardedClientCert,
+) {
+    use crate::config::ForwardedClientCert as Mode;
+    match mode {
+        Mode::AlwaysForward => {}
+        Mode::Forward => {
+            if downstream.client_cert.is_none() {
+                headers.remove(X_FORWARDED_CLIENT_CERT);
+            }
+        }
+        Mode::SanitizeSet => {
+            headers.remove(X_FORWARDED_CLIENT_CERT);
+            if let Some(cert) = &downstream.client_cert {
+                headers.insert(X_FORWARDED_CLIENT_CERT, cert.clone());
+            }
+        }
+    }
 }
 
 /// Tells the app which endpoint the request was sent to (set again on each attempt).

@@ -26,9 +26,12 @@ use super::{sticky, w3c};
 use crate::access_log::{AccessLog, AccessRecord};
 use crate::balancer::{self, InFlight, Pick};
 use crate::config::Config;
+use crate::config::ForwardedClientCert;
 use crate::metrics::{Metrics, Outcome};
 use crate::route_table::{Endpoint, Pool, RouteTable, clock_ms};
-use crate::upstream::{self, RequestBody, SendError, UpstreamSettings};
+use crate::upstream::{self, RequestBody, SendError, UpstreamSettings, UpstreamTls};
+use crate::websocket;
+use tokio_util::task::TaskTracker;
 
 /// How long balancers skip an endpoint after a connection failure (gorouter: 30 s).
 const FAILURE_MARK: Duration = Duration::from_secs(30);
@@ -49,6 +52,9 @@ pub struct ProxyContext {
     pub access_log: Option<AccessLog>,
     /// `Some(tenant)` when W3C trace context is on.
     pub w3c_tenant: Option<String>,
+    pub forwarded_client_cert: ForwardedClientCert,
+    /// This worker's upgraded (WebSocket) pipes, which a drain waits for.
+    pub pipes: TaskTracker,
 }
 
 impl ProxyContext {
@@ -59,14 +65,18 @@ impl ProxyContext {
         metrics: Arc<Metrics>,
         worker: usize,
         access_log: Option<AccessLog>,
+        upstream_tls: Arc<UpstreamTls>,
     ) -> Self {
         ProxyContext {
             table,
             upstream: UpstreamSettings {
                 dial_timeout: config.endpoint_dial_timeout,
+                tls_handshake_timeout: config.tls_handshake_timeout,
                 request_timeout: config.endpoint_timeout,
                 max_idle_per_host: config.max_idle_conns_per_host,
                 idle_timeout: Duration::from_secs(90),
+                http2: config.enable_http2,
+                tls: upstream_tls,
             },
             max_conns: config.backends.max_conns,
             max_attempts: config.backends.max_attempts.max(1),
@@ -80,6 +90,8 @@ impl ProxyContext {
                 .tracing
                 .enable_w3c
                 .then(|| config.tracing.w3c_tenant_id.clone()),
+            forwarded_client_cert: config.forwarded_client_cert,
+            pipes: TaskTracker::new(),
         }
     }
 }
@@ -169,7 +181,13 @@ async fn proxy(
         sticky::requested_instance(req.headers(), &ctx.sticky_cookie_names).map(str::to_owned);
 
     let downstream_version = req.version();
+    let upgrade = websocket::requested_upgrade(req.headers());
+    let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let mut req = prepare_request(req, &host, downstream, request_id);
+    headers::forward_client_cert(req.headers_mut(), downstream, ctx.forwarded_client_cert);
+    if let Some(upgrade) = &upgrade {
+        websocket::restore_upgrade_headers(req.headers_mut(), upgrade);
+    }
     if let Some(tenant) = &ctx.w3c_tenant {
         w3c::rewrite(
             req.headers_mut(),
@@ -195,7 +213,8 @@ async fn proxy(
         headers::set_endpoint_headers(req.headers_mut(), &endpoint);
         exchange.endpoint = Some(endpoint.clone());
         let sent_at = Instant::now();
-        let result = upstream::send(&endpoint, req, &ctx.upstream, started).await;
+        let result =
+            upstream::send(&endpoint, req, &ctx.upstream, started, upgrade.is_some()).await;
         exchange.backend_time = sent_at.elapsed();
         match result {
             Ok(mut resp) => {
@@ -204,6 +223,16 @@ async fn proxy(
                 set_sticky_cookie(ctx, &pool, &endpoint, sticky_target.as_deref(), &mut resp);
                 // Answer in the client's protocol, whatever version the app spoke.
                 *resp.version_mut() = downstream_version;
+                if let (Some(upgrade), Some(downstream_upgrade)) = (&upgrade, downstream_upgrade) {
+                    let switching = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+                    ctx.metrics.worker(ctx.worker).websocket(switching);
+                    if switching {
+                        websocket::restore_upgrade_headers(resp.headers_mut(), upgrade);
+                        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+                        start_pipe(ctx, downstream_upgrade, upstream_upgrade, in_flight);
+                        return Ok(resp.map(|_| ProxyBody::empty()));
+                    }
+                }
                 return Ok(resp.map(|body| ProxyBody::upstream(body, in_flight)));
             }
             Err(SendError::NotSent(err, unsent)) => {
@@ -224,6 +253,23 @@ async fn proxy(
             Err(SendError::Failed(err)) => return Err(err.into()),
         }
     }
+}
+
+/// Joins the client and the endpoint once both connections are handed over; the
+/// endpoint's in-flight slot is held until the pipe ends.
+fn start_pipe(
+    ctx: &ProxyContext,
+    downstream: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    in_flight: InFlight,
+) {
+    ctx.pipes.spawn(async move {
+        match websocket::pipe_upgraded(downstream, upstream).await {
+            Ok(stats) => tracing::debug!(?stats, "upgraded connection closed"),
+            Err(err) => tracing::debug!(error = %err, "upgraded connection ended with an error"),
+        }
+        drop(in_flight);
+    });
 }
 
 /// The endpoint for the next attempt: the `X-CF-App-Instance` target, else the sticky

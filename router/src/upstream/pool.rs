@@ -1,0 +1,85 @@
+//! This worker thread's upstream connections: idle HTTP/1 keep-alive connections per
+//! endpoint (LIFO, capped), and one multiplexed HTTP/2 connection per endpoint.
+//! Thread-local, so checkout and return take no lock.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::client::conn::{http1, http2};
+use tokio::time::Instant;
+
+use super::RequestBody;
+
+pub(super) type H1Sender = http1::SendRequest<RequestBody>;
+pub(super) type H2Sender = http2::SendRequest<RequestBody>;
+
+struct IdleConn {
+    sender: H1Sender,
+    since: Instant,
+}
+
+thread_local! {
+    static IDLE: RefCell<HashMap<Arc<str>, Vec<IdleConn>>> = RefCell::new(HashMap::new());
+    static H2: RefCell<HashMap<Arc<str>, H2Sender>> = RefCell::new(HashMap::new());
+}
+
+/// An idle HTTP/1 connection to `key`, if one is alive and not idle too long.
+pub(super) fn checkout(key: &str, idle_timeout: Duration) -> Option<H1Sender> {
+    IDLE.with_borrow_mut(|idle| {
+        let conns = idle.get_mut(key)?;
+        let now = Instant::now();
+        while let Some(conn) = conns.pop() {
+            if !conn.sender.is_closed() && now.duration_since(conn.since) < idle_timeout {
+                return Some(conn.sender);
+            }
+        }
+        None
+    })
+}
+
+/// Where a connection goes back when its response is done.
+pub(super) struct PoolReturn {
+    pub key: Arc<str>,
+    pub sender: H1Sender,
+    pub max_idle: usize,
+}
+
+impl PoolReturn {
+    /// Puts the connection back in the idle pool (unless closed or the pool is full).
+    pub fn checkin(self) {
+        if self.sender.is_closed() || self.max_idle == 0 {
+            return;
+        }
+        // try_with: a body dropped while the thread shuts down just closes its connection.
+        let _ = IDLE.try_with(|idle| {
+            if let Ok(mut idle) = idle.try_borrow_mut() {
+                let conns = idle.entry(self.key).or_default();
+                if conns.len() < self.max_idle {
+                    conns.push(IdleConn {
+                        sender: self.sender,
+                        since: Instant::now(),
+                    });
+                }
+            }
+        });
+    }
+}
+
+/// The live HTTP/2 connection to `key`, if any.
+pub(super) fn h2_sender(key: &str) -> Option<H2Sender> {
+    H2.with_borrow_mut(|h2| {
+        let sender = h2.get(key)?;
+        if sender.is_closed() {
+            h2.remove(key);
+            return None;
+        }
+        Some(sender.clone())
+    })
+}
+
+/// Keeps an HTTP/2 connection for later requests to `key`.
+pub(super) fn keep_h2(key: Arc<str>, sender: H2Sender) {
+    H2.with_borrow_mut(|h2| h2.insert(key, sender));
+}
