@@ -28,3 +28,10 @@ mod status;
 mod streaming;
 #[path = "e2e/tcp.rs"]
 mod tcp;
+#[path = "e2e/tls.rs"]
+mod tls;
+#[allow(dead_code)]
+#[path = "e2e/tls_support.rs"]
+mod tls_support;
+#[path = "e2e/websocket.rs"]
+mod websocket;
