@@ -55,7 +55,8 @@ pub enum Bus {
 /// Credentials and servers for a NATS connection.
 #[derive(Debug, Clone, Default)]
 pub struct NatsOptions {
-    /// `nats://host:port` (credentials in the URL are accepted too).
+    /// `nats://host:port` URLs; credentials go in `user` / `pass` (one pair for all
+    /// servers: async-nats does not use credentials embedded in URLs).
     pub urls: Vec<String>,
     pub user: String,
     pub pass: String,

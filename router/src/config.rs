@@ -11,7 +11,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::protocol::RegistryMessage;
 
-mod duration;
+pub mod duration;
 
 pub use duration::parse_duration;
 

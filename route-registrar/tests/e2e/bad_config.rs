@@ -82,3 +82,14 @@ async fn json_config_is_accepted() {
     process.signal(rustix::process::Signal::TERM);
     assert_eq!(process.wait().await.code(), Some(0));
 }
+
+#[test]
+fn the_example_config_in_the_repo_is_valid() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/route-registrar.yml"
+    );
+    let config = route_registrar::config::Config::load(std::path::Path::new(path))
+        .unwrap_or_else(|e| panic!("{path}: {e}"));
+    assert_eq!(config.routes.len(), 3);
+}

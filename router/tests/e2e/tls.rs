@@ -397,3 +397,21 @@ async fn tls_endpoints_are_verified_against_their_san() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_sessions_resume_with_tickets() {
+    let ca = TestCa::new("resume ca");
+    let r = tls_router(tls_config(&ca, &[&["r.example.com"]])).await;
+    for version in [&TLS12, &TLS13] {
+        // One client config: its session store carries the ticket to the next connection.
+        let client = client_config(&ca.pem(), &[], None, &[version]);
+        let first = https_get(r.tls, "r.example.com", "/", client.clone(), &[]).await;
+        assert_eq!(first.status, 404);
+        let second = tls_connect(r.tls, "r.example.com", client).await.unwrap();
+        assert_eq!(
+            second.get_ref().1.handshake_kind(),
+            Some(rustls::HandshakeKind::Resumed),
+            "{version:?}"
+        );
+    }
+}
