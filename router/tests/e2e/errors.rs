@@ -21,16 +21,11 @@ async fn unknown_route_is_404_with_gorouter_body() {
 async fn route_without_endpoints_is_503_no_endpoints() {
     let nats = NatsServer::start();
     let mut config = test_config();
-    config.nats = nats.router_config();
     config.empty_pool_timeout = Duration::from_secs(60);
-    let router = TestRouter::start(config).await;
+    let router = TestRouter::on_nats(&nats, config).await;
     let bus = nats.client().await;
     let backend = Backend::http("gone").await;
     let reg = backend.registration(&["empty.example.com"]);
-    eventually("router subscribed", Duration::from_secs(10), || async {
-        (nats.published("router.start") >= 1).then_some(())
-    })
-    .await;
     publish(&bus, router::protocol::SUBJECT_REGISTER, &reg).await;
     eventually("route", Duration::from_secs(5), || async {
         (get(router.http, "empty.example.com", "/", &[]).await.status == 200).then_some(())

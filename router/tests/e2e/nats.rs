@@ -9,15 +9,8 @@ use crate::support::*;
 
 async fn router_on(nats: &NatsServer, tweak: impl FnOnce(&mut router::Config)) -> TestRouter {
     let mut config = test_config();
-    config.nats = nats.router_config();
     tweak(&mut config);
-    let router = TestRouter::start(config).await;
-    // The router is subscribed once it has announced itself.
-    eventually("router.start", Duration::from_secs(10), || async {
-        (nats.published("router.start") >= 1).then_some(())
-    })
-    .await;
-    router
+    TestRouter::on_nats(nats, config).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -100,19 +100,13 @@ async fn a_post_whose_upstream_dies_mid_request_is_not_replayed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sticky_sessions_hold_for_100_requests_and_move_when_the_instance_goes() {
     let nats = NatsServer::start();
-    let mut config = test_config();
-    config.nats = nats.router_config();
-    let router = TestRouter::start(config).await;
+    let router = TestRouter::on_nats(&nats, test_config()).await;
     let bus = nats.client().await;
     let backends = [
         Backend::http("s0").await,
         Backend::http("s1").await,
         Backend::http("s2").await,
     ];
-    eventually("router subscribed", Duration::from_secs(10), || async {
-        (nats.published("router.start") >= 1).then_some(())
-    })
-    .await;
     for b in &backends {
         publish(
             &bus,

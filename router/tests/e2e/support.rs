@@ -316,6 +316,8 @@ async fn backend_answer(
 /// The router running in this process, on ephemeral ports.
 pub struct TestRouter {
     pub http: SocketAddr,
+    /// The TLS listener (serving only when the config enables TLS).
+    pub tls: SocketAddr,
     pub status: SocketAddr,
     pub routes: SocketAddr,
     pub handle: Option<router::RouterHandle>,
@@ -325,8 +327,9 @@ impl TestRouter {
     /// Starts a router with `config` (ports are replaced by ephemeral ones).
     pub async fn start(config: Config) -> TestRouter {
         let listeners = Listeners::bind_ephemeral().unwrap();
-        let (http, status, routes) = (
+        let (http, tls, status, routes) = (
             listeners.http_addr().unwrap(),
+            listeners.tls_addr().unwrap(),
             listeners.status_addr().unwrap(),
             listeners.routes_addr().unwrap(),
         );
@@ -335,10 +338,24 @@ impl TestRouter {
             .unwrap();
         TestRouter {
             http,
+            tls,
             status,
             routes,
             handle: Some(handle),
         }
+    }
+
+    /// Starts a router fed by `nats`, and waits until it has subscribed (it announces
+    /// itself with `router.start` once it has).
+    pub async fn on_nats(nats: &NatsServer, mut config: Config) -> TestRouter {
+        let before = nats.published("router.start");
+        config.nats = nats.router_config();
+        let router = TestRouter::start(config).await;
+        eventually("router.start", Duration::from_secs(10), || async {
+            (nats.published("router.start") > before).then_some(())
+        })
+        .await;
+        router
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -94,15 +94,8 @@ fn tcp_config() -> router::Config {
 
 async fn router_on_nats(nats: &NatsServer, tweak: impl FnOnce(&mut router::Config)) -> TestRouter {
     let mut config = tcp_config();
-    config.nats = nats.router_config();
     tweak(&mut config);
-    let router = TestRouter::start(config).await;
-    // The router is subscribed once it has announced itself.
-    eventually("router.start", Duration::from_secs(10), || async {
-        (nats.published("router.start") >= 1).then_some(())
-    })
-    .await;
-    router
+    TestRouter::on_nats(nats, config).await
 }
 
 async fn connect(port: u16) -> std::io::Result<TcpStream> {

@@ -13,31 +13,8 @@ use rustls::version::{TLS12, TLS13};
 use crate::support::*;
 use crate::tls_support::*;
 
-struct TlsRouter {
-    router: TestRouter,
-    tls: std::net::SocketAddr,
-}
-
-async fn tls_router(config: router::Config) -> TlsRouter {
-    let listeners = router::Listeners::bind_ephemeral().unwrap();
-    let tls = listeners.tls_addr().unwrap();
-    let (http, status, routes) = (
-        listeners.http_addr().unwrap(),
-        listeners.status_addr().unwrap(),
-        listeners.routes_addr().unwrap(),
-    );
-    let handle = router::server::start(config, listeners, None)
-        .await
-        .unwrap();
-    TlsRouter {
-        router: TestRouter {
-            http,
-            status,
-            routes,
-            handle: Some(handle),
-        },
-        tls,
-    }
+async fn tls_router(config: router::Config) -> TestRouter {
+    TestRouter::start(config).await
 }
 
 fn tls_config(ca: &TestCa, names: &[&[&str]]) -> router::Config {
@@ -198,10 +175,7 @@ async fn https_requests_are_proxied_with_forwarded_proto_https() {
     assert_eq!(answer.status, 200);
     assert_eq!(answer.json()["headers"]["x-forwarded-proto"][0], "https");
     // Plain HTTP still works beside it.
-    assert_eq!(
-        get(r.router.http, "app.example.com", "/", &[]).await.status,
-        200
-    );
+    assert_eq!(get(r.http, "app.example.com", "/", &[]).await.status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
