@@ -11,8 +11,8 @@ use std::time::Duration;
 use http::uri::{Authority, Scheme, Uri};
 use http::{Request, Response};
 use http_body::Body as _;
-use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use http_body_util::BodyExt as _;
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::time::Instant;
 
@@ -21,11 +21,12 @@ use crate::tls::TlsFailure;
 
 mod body;
 mod connect;
+pub mod http1;
 mod pool;
 
+use body::Http1Body;
 pub use body::{RequestBody, UpstreamBody, UpstreamBodyError};
 pub use connect::{Alpn, UpstreamIo, UpstreamTls};
-use pool::PoolReturn;
 
 /// Upstream limits from the config.
 #[derive(Debug, Clone)]
@@ -60,6 +61,8 @@ pub enum UpstreamError {
     #[error("handshake: {0}")]
     Handshake(hyper::Error),
     #[error("{0}")]
+    Http1(http1::Http1Error),
+    #[error("{0}")]
     Exchange(hyper::Error),
     #[error("timeout awaiting response headers")]
     Timeout,
@@ -86,33 +89,6 @@ pub enum SendError {
     Failed(UpstreamError),
 }
 
-/// A copy of a bodiless idempotent request, kept while it goes out on a reused
-/// connection: if the app closed that connection as the request was written (the
-/// keep-alive race), the copy goes out again on a fresh connection.
-struct Replay(http::request::Parts);
-
-impl Replay {
-    fn of(req: &Request<RequestBody>) -> Option<Replay> {
-        let idempotent = matches!(
-            *req.method(),
-            http::Method::GET | http::Method::HEAD | http::Method::OPTIONS | http::Method::TRACE
-        );
-        if !idempotent || !req.body().is_end_stream() {
-            return None;
-        }
-        let mut parts = Request::new(()).into_parts().0;
-        parts.method = req.method().clone();
-        parts.uri = req.uri().clone();
-        parts.version = req.version();
-        parts.headers = req.headers().clone();
-        Some(Replay(parts))
-    }
-
-    fn into_request(self) -> Request<RequestBody> {
-        Request::from_parts(self.0, RequestBody::Empty)
-    }
-}
-
 /// Sends `req` to `endpoint`. `upgrade` asks for a connection the response may take
 /// over (WebSocket): always HTTP/1.1, never returned to the pool after a 101.
 pub async fn send(
@@ -127,63 +103,174 @@ pub async fn send(
     if settings.http2 && endpoint.data.protocol == UpstreamProtocol::Http2 && !upgrade {
         send_http2(endpoint, req, settings, deadline).await
     } else {
-        send_http1(endpoint, req, settings, deadline).await
+        send_http1(endpoint, req, settings, deadline, upgrade).await
     }
 }
 
 async fn send_http1(
     endpoint: &Endpoint,
-    mut req: Request<RequestBody>,
+    req: Request<RequestBody>,
     settings: &UpstreamSettings,
     deadline: Option<Instant>,
+    upgrade: bool,
 ) -> Result<Response<UpstreamBody>, SendError> {
-    if let Some(mut sender) = pool::checkout(&endpoint.key, settings.idle_timeout)
-        && sender.ready().await.is_ok()
+    let (parts, mut body) = req.into_parts();
+    let (head, chunked) = http1::request_head(&parts, &body);
+    let not_sent =
+        |err, parts, body| SendError::NotSent(err, Box::new(Request::from_parts(parts, body)));
+
+    // A pooled connection first; if the endpoint closed it as we wrote (the keep-alive
+    // race), a bodiless request goes again on a fresh connection.
+    let mut conn = match pool::checkout(&endpoint.key, settings.idle_timeout) {
+        Some(conn) => conn,
+        None => match dial_http1(endpoint, settings).await {
+            Ok(conn) => conn,
+            Err(err) => return Err(not_sent(err, parts, body)),
+        },
+    };
+    let replayable = body.is_end_stream() && is_idempotent(&parts.method);
+    let exchange = loop {
+        let result = with_deadline(
+            deadline,
+            exchange_http1(&mut conn, &head, &mut body, chunked, &parts.method),
+        )
+        .await
+        .map_err(SendError::Failed)?;
+        match result {
+            Ok(head) => break head,
+            // The request never left: another endpoint may have it, or a fresh
+            // connection when this one was a pooled one gone stale.
+            Err(Exchange::Unsent(err)) if !conn.reused => {
+                return Err(not_sent(UpstreamError::Http1(err), parts, body));
+            }
+            Err(Exchange::Unsent(err)) | Err(Exchange::ClosedUnanswered(err))
+                if conn.reused && (replayable || matches!(body, RequestBody::Empty)) =>
+            {
+                tracing::debug!(endpoint = %endpoint.key, error = %err, "pooled connection was closed; using a new one");
+            }
+            Err(
+                Exchange::Unsent(err) | Exchange::ClosedUnanswered(err) | Exchange::Failed(err),
+            ) => {
+                return Err(SendError::Failed(UpstreamError::Http1(err)));
+            }
+        }
+        conn = match dial_http1(endpoint, settings).await {
+            Ok(conn) => conn,
+            Err(err) => return Err(not_sent(err, parts, body)),
+        };
+    };
+    if exchange.status == http::StatusCode::SWITCHING_PROTOCOLS && upgrade {
+        let (io, read_ahead) = conn.into_upgraded();
+        return Ok(exchange.into_response(UpstreamBody::upgraded(io, read_ahead)));
+    }
+    let body = Http1Body {
+        reader: http1::BodyReader::new(exchange.framing),
+        keep_alive: exchange.keep_alive,
+        conn: Some(conn),
+        key: endpoint.key.clone(),
+        max_idle: settings.max_idle_per_host,
+    };
+    let deadline = deadline.map(|d| Box::pin(tokio::time::sleep_until(d)));
+    Ok(exchange.into_response(UpstreamBody::http1(body, deadline)))
+}
+
+/// How an HTTP/1 exchange failed.
+enum Exchange {
+    /// The request head could not be written: it never reached an app.
+    Unsent(http1::Http1Error),
+    /// The connection closed with no answer after a bodiless request went out: on a
+    /// pooled connection, the endpoint closed it as we wrote (the keep-alive race).
+    ClosedUnanswered(http1::Http1Error),
+    /// Anything later: the request may have reached the app.
+    Failed(http1::Http1Error),
+}
+
+fn is_idempotent(method: &http::Method) -> bool {
+    matches!(
+        *method,
+        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS | http::Method::TRACE
+    )
+}
+
+/// Writes the request (head, then the body as it arrives) and reads the response head.
+/// If the endpoint answers before the body is all sent, sending stops there.
+async fn exchange_http1(
+    conn: &mut http1::Conn,
+    head: &[u8],
+    body: &mut RequestBody,
+    chunked: bool,
+    method: &http::Method,
+) -> Result<http1::ResponseHead, Exchange> {
+    if let Err(err) = conn.write_all(head).await {
+        return Err(Exchange::Unsent(err.into()));
+    }
+    if let RequestBody::Downstream(incoming) = body
+        && !incoming.is_end_stream()
     {
-        let replay = Replay::of(&req);
-        match with_deadline(deadline, sender.try_send_request(req)).await {
-            Ok(Ok(resp)) => return Ok(wrap_http1(resp, endpoint, sender, settings, deadline)),
-            Ok(Err(mut err)) => match (err.take_message(), replay) {
-                // The connection was closed under us before the request was written.
-                (Some(unsent), _) => req = unsent,
-                (None, Some(replay)) if err.error().is_incomplete_message() => {
-                    tracing::debug!(endpoint = %endpoint.key, "pooled connection closed under a request; replaying it");
-                    req = replay.into_request();
+        let mut trailers = None;
+        loop {
+            let step = tokio::select! {
+                frame = incoming.frame() => BodyStep::Frame(frame),
+                answered = conn.wait_for_answer(method) => BodyStep::Answered(answered),
+            };
+            match step {
+                BodyStep::Frame(None) => break,
+                BodyStep::Frame(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => {
+                        if let Err(err) = conn.write_body(&data, chunked).await {
+                            return Err(Exchange::Failed(err.into()));
+                        }
+                    }
+                    Err(frame) => trailers = frame.into_trailers().ok(),
+                },
+                BodyStep::Frame(Some(Err(err))) => {
+                    // The client went away mid-body: the app must not see a complete request.
+                    return Err(Exchange::Failed(http1::Http1Error::Io(
+                        std::io::Error::other(err),
+                    )));
                 }
-                (None, _) => {
-                    return Err(SendError::Failed(UpstreamError::Exchange(err.into_error())));
+                // The app answered early (e.g. 413): stop sending, read its answer.
+                // An interim 100 Continue: keep sending.
+                BodyStep::Answered(Ok(false)) => {}
+                // The app answered early (e.g. 413) or closed: stop sending, read its
+                // answer (or find it gone).
+                BodyStep::Answered(Ok(true)) => {
+                    conn.mark_cut_short();
+                    break;
                 }
-            },
-            Err(timeout) => return Err(SendError::Failed(timeout)),
+                BodyStep::Answered(Err(err)) => return Err(Exchange::Failed(err)),
+            }
+        }
+        if !conn.is_cut_short()
+            && let Err(err) = conn.finish_body(chunked, trailers.as_ref()).await
+        {
+            return Err(Exchange::Failed(err.into()));
         }
     }
-    let mut sender = match connect_http1(endpoint, settings).await {
-        Ok(sender) => sender,
-        Err(err) => return Err(SendError::NotSent(err, Box::new(req))),
-    };
-    match with_deadline(deadline, sender.send_request(req)).await {
-        Ok(Ok(resp)) => Ok(wrap_http1(resp, endpoint, sender, settings, deadline)),
-        Ok(Err(err)) => Err(SendError::Failed(UpstreamError::Exchange(err))),
-        Err(timeout) => Err(SendError::Failed(timeout)),
+    let bodiless = body.is_end_stream();
+    match conn.read_response_head(method).await {
+        Ok(head) => Ok(head),
+        Err(err @ http1::Http1Error::ClosedBeforeResponse) if bodiless => {
+            Err(Exchange::ClosedUnanswered(err))
+        }
+        Err(err) => Err(Exchange::Failed(err)),
     }
 }
 
-async fn connect_http1(
+enum BodyStep {
+    Frame(Option<Result<http_body::Frame<bytes::Bytes>, hyper::Error>>),
+    /// The endpoint sent something (or closed) before the body was all sent: whether it
+    /// is a final answer.
+    Answered(Result<bool, http1::Http1Error>),
+}
+
+async fn dial_http1(
     endpoint: &Endpoint,
     settings: &UpstreamSettings,
-) -> Result<pool::H1Sender, UpstreamError> {
-    let io = connect::dial(endpoint, settings, Alpn::Http1).await?;
-    let (sender, conn) = http1::Builder::new()
-        .handshake(TokioIo::new(io))
-        .await
-        .map_err(UpstreamError::Handshake)?;
-    tokio::spawn(async move {
-        // with_upgrades: a 101 hands the connection to the WebSocket pipe.
-        if let Err(err) = conn.with_upgrades().await {
-            tracing::debug!(error = %err, "upstream connection ended with an error");
-        }
-    });
-    Ok(sender)
+) -> Result<http1::Conn, UpstreamError> {
+    Ok(http1::Conn::new(
+        connect::dial(endpoint, settings, Alpn::Http1).await?,
+    ))
 }
 
 async fn send_http2(
@@ -226,10 +313,11 @@ async fn send_http2(
         ));
     }
     match with_deadline(deadline, sender.send_request(req)).await {
-        Ok(Ok(resp)) => Ok(resp.map(|inner| UpstreamBody {
-            inner,
-            pool_return: None,
-            deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
+        Ok(Ok(resp)) => Ok(resp.map(|inner| {
+            UpstreamBody::http2(
+                inner,
+                deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
+            )
         })),
         Ok(Err(err)) => Err(SendError::Failed(UpstreamError::Exchange(err))),
         Err(timeout) => Err(SendError::Failed(timeout)),
@@ -266,27 +354,4 @@ async fn with_deadline<F: std::future::Future>(
             .map_err(|_| UpstreamError::Timeout),
         None => Ok(fut.await),
     }
-}
-
-fn wrap_http1(
-    resp: Response<Incoming>,
-    endpoint: &Endpoint,
-    sender: pool::H1Sender,
-    settings: &UpstreamSettings,
-    deadline: Option<Instant>,
-) -> Response<UpstreamBody> {
-    // After a 101 the connection belongs to the upgrade, not to the pool; an upgraded
-    // connection has no deadline either (gorouter applies none to WebSockets).
-    let switching = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
-    resp.map(|inner| UpstreamBody {
-        inner,
-        pool_return: (!switching).then(|| PoolReturn {
-            key: endpoint.key.clone(),
-            sender,
-            max_idle: settings.max_idle_per_host,
-        }),
-        deadline: deadline
-            .filter(|_| !switching)
-            .map(|d| Box::pin(tokio::time::sleep_until(d))),
-    })
 }

@@ -14,7 +14,7 @@ use std::io;
 use bytes::Bytes;
 use http::HeaderMap;
 use http::header::{CONNECTION, HeaderValue, UPGRADE};
-use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -44,44 +44,42 @@ pub fn restore_upgrade_headers(headers: &mut HeaderMap, upgrade: &HeaderValue) {
     headers.insert(UPGRADE, upgrade.clone());
 }
 
-/// Waits for both sides to be handed over, then pipes bytes until either side closes.
-pub async fn pipe_upgraded(downstream: OnUpgrade, upstream: OnUpgrade) -> io::Result<PipeStats> {
-    let (downstream, upstream) =
-        tokio::try_join!(downstream, upstream).map_err(io::Error::other)?;
+/// Waits for the client's connection to be handed over, then pipes bytes between it
+/// and the endpoint's connection until either side closes.
+pub async fn pipe_upgraded(
+    downstream: OnUpgrade,
+    upstream: UpstreamIo,
+    upstream_read_ahead: Bytes,
+) -> io::Result<PipeStats> {
+    let downstream = downstream.await.map_err(io::Error::other)?;
     let downstream =
         hyper_util::server::conn::auto::upgrade::downcast::<TokioIo<TcpStream>>(downstream);
-    let upstream = upstream.downcast::<TokioIo<UpstreamIo>>();
     match (downstream, upstream) {
-        (Ok(down), Ok(up)) => {
-            let (down_io, down_buf) = (down.io.into_inner(), down.read_buf);
-            match up.io.into_inner() {
-                Either::Left(up_io) => {
-                    let (mut down_io, mut up_io) = (down_io, up_io);
-                    deliver_read_ahead(&mut down_io, down_buf, &mut up_io, up.read_buf).await?;
-                    pipe::pipe_bidirectional(down_io, up_io).await
-                }
-                Either::Right(up_tls) => buffered(down_io, down_buf, up_tls, up.read_buf).await,
-            }
+        (Ok(down), Either::Left(mut up_tcp)) => {
+            let (mut down_tcp, down_read) = (down.io.into_inner(), down.read_buf);
+            deliver_read_ahead(&mut down_tcp, down_read, &mut up_tcp, upstream_read_ahead).await?;
+            pipe::pipe_bidirectional(down_tcp, up_tcp).await
         }
-        (down, up) => {
-            let down = down.map_or_else(rewrap, |d| {
-                (Box::new(d.io.into_inner()) as BoxedIo, d.read_buf)
-            });
-            let up = up.map_or_else(rewrap, |u| {
-                (Box::new(u.io.into_inner()) as BoxedIo, u.read_buf)
-            });
-            buffered(down.0, down.1, up.0, up.1).await
+        (Ok(down), Either::Right(up_tls)) => {
+            buffered(
+                down.io.into_inner(),
+                down.read_buf,
+                up_tls,
+                upstream_read_ahead,
+            )
+            .await
+        }
+        // A TLS client: hyper's Upgraded replays the bytes it read ahead itself.
+        (Err(upgraded), up) => {
+            buffered(
+                TokioIo::new(upgraded),
+                Bytes::new(),
+                up,
+                upstream_read_ahead,
+            )
+            .await
         }
     }
-}
-
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
-type BoxedIo = Box<dyn Io>;
-
-/// An upgraded connection whose type we could not recover: used through hyper's traits.
-fn rewrap(upgraded: Upgraded) -> (BoxedIo, Bytes) {
-    (Box::new(TokioIo::new(upgraded)), Bytes::new())
 }
 
 async fn deliver_read_ahead<A, B>(

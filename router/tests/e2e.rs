@@ -33,5 +33,7 @@ mod tls;
 #[allow(dead_code)]
 #[path = "e2e/tls_support.rs"]
 mod tls_support;
+#[path = "e2e/upstream_http1.rs"]
+mod upstream_http1;
 #[path = "e2e/websocket.rs"]
 mod websocket;

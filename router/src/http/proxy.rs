@@ -226,10 +226,11 @@ async fn proxy(
                 if let (Some(upgrade), Some(downstream_upgrade)) = (&upgrade, downstream_upgrade) {
                     let switching = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
                     ctx.metrics.worker(ctx.worker).websocket(switching);
-                    if switching {
+                    if let Some((io, read_ahead)) =
+                        resp.body_mut().take_upgraded().filter(|_| switching)
+                    {
                         websocket::restore_upgrade_headers(resp.headers_mut(), upgrade);
-                        let upstream_upgrade = hyper::upgrade::on(&mut resp);
-                        start_pipe(ctx, downstream_upgrade, upstream_upgrade, in_flight);
+                        start_pipe(ctx, downstream_upgrade, io, read_ahead, in_flight);
                         return Ok(resp.map(|_| ProxyBody::empty()));
                     }
                 }
@@ -260,11 +261,12 @@ async fn proxy(
 fn start_pipe(
     ctx: &ProxyContext,
     downstream: hyper::upgrade::OnUpgrade,
-    upstream: hyper::upgrade::OnUpgrade,
+    upstream: upstream::UpstreamIo,
+    upstream_read_ahead: bytes::Bytes,
     in_flight: InFlight,
 ) {
     ctx.pipes.spawn(async move {
-        match websocket::pipe_upgraded(downstream, upstream).await {
+        match websocket::pipe_upgraded(downstream, upstream, upstream_read_ahead).await {
             Ok(stats) => tracing::debug!(?stats, "upgraded connection closed"),
             Err(err) => tracing::debug!(error = %err, "upgraded connection ended with an error"),
         }
@@ -417,6 +419,9 @@ fn prepare_request(
         *req.uri_mut() = Uri::from(path);
     }
     *req.version_mut() = Version::HTTP_11;
+    // The client got its 100 Continue from us as the body was read; the endpoint gets
+    // the body without waiting.
+    req.headers_mut().remove(http::header::EXPECT);
     if !req.headers().contains_key(HOST) {
         req.headers_mut().insert(HOST, host.clone());
     }

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
@@ -10,7 +11,9 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::Sleep;
 
-use super::pool::PoolReturn;
+use super::connect::UpstreamIo;
+use super::http1::{BodyEvent, BodyReader, Conn, Http1Error};
+use super::pool;
 
 /// A request body sent upstream: the client's, streamed, or none.
 #[derive(Debug)]
@@ -48,13 +51,44 @@ impl Body for RequestBody {
     }
 }
 
-/// A response body from an endpoint: returns an HTTP/1 connection to the pool at its
-/// end, and enforces the request deadline while it streams. Frames (trailers included)
-/// pass through as they come.
+/// An HTTP/1 response being read off its connection.
+pub(super) struct Http1Body {
+    pub conn: Option<Conn>,
+    pub reader: BodyReader,
+    /// Whether the connection may carry another exchange once the body is read.
+    pub keep_alive: bool,
+    pub key: Arc<str>,
+    pub max_idle: usize,
+}
+
+impl Http1Body {
+    /// Returns the connection to the pool if the exchange ended cleanly.
+    fn finish(&mut self) {
+        if !self.reader.is_done() {
+            return;
+        }
+        if let Some(conn) = self.conn.take()
+            && self.keep_alive
+            && conn.is_reusable()
+        {
+            pool::checkin(self.key.clone(), conn, self.max_idle);
+        }
+    }
+}
+
+enum Inner {
+    Http1(Http1Body),
+    Http2(Incoming),
+    /// A 101 answer: the connection goes to the upgrade pipe, the body is empty.
+    Upgraded(Option<(UpstreamIo, Bytes)>),
+}
+
+/// A response body from an endpoint. Frames (trailers included) pass through as they
+/// come; HTTP/1 connections go back to the pool at the end; the request deadline is
+/// enforced while it streams.
 pub struct UpstreamBody {
-    pub(super) inner: Incoming,
-    pub(super) pool_return: Option<PoolReturn>,
-    pub(super) deadline: Option<Pin<Box<Sleep>>>,
+    inner: Inner,
+    deadline: Option<Pin<Box<Sleep>>>,
 }
 
 /// An error while streaming an upstream body.
@@ -62,14 +96,39 @@ pub struct UpstreamBody {
 pub enum UpstreamBodyError {
     #[error("upstream body: {0}")]
     Hyper(#[from] hyper::Error),
+    #[error("upstream body: {0}")]
+    Http1(#[from] Http1Error),
     #[error("upstream body: endpoint_timeout elapsed")]
     Timeout,
 }
 
 impl UpstreamBody {
-    fn finish(&mut self) {
-        if let Some(pool_return) = self.pool_return.take() {
-            pool_return.checkin();
+    pub(super) fn http1(body: Http1Body, deadline: Option<Pin<Box<Sleep>>>) -> Self {
+        UpstreamBody {
+            inner: Inner::Http1(body),
+            deadline,
+        }
+    }
+
+    pub(super) fn http2(body: Incoming, deadline: Option<Pin<Box<Sleep>>>) -> Self {
+        UpstreamBody {
+            inner: Inner::Http2(body),
+            deadline,
+        }
+    }
+
+    pub(super) fn upgraded(io: UpstreamIo, read_ahead: Bytes) -> Self {
+        UpstreamBody {
+            inner: Inner::Upgraded(Some((io, read_ahead))),
+            deadline: None,
+        }
+    }
+
+    /// After a 101: the endpoint's connection and the bytes it sent past the head.
+    pub fn take_upgraded(&mut self) -> Option<(UpstreamIo, Bytes)> {
+        match &mut self.inner {
+            Inner::Upgraded(io) => io.take(),
+            _ => None,
         }
     }
 }
@@ -83,38 +142,66 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(None) => {
-                this.finish();
-                Poll::Ready(None)
+        let polled = match &mut this.inner {
+            Inner::Http1(body) => match &mut body.conn {
+                None => Poll::Ready(None),
+                Some(conn) => match body.reader.poll_next(conn, cx) {
+                    Poll::Ready(Ok(BodyEvent::Data(data))) => {
+                        Poll::Ready(Some(Ok(Frame::data(data))))
+                    }
+                    Poll::Ready(Ok(BodyEvent::Trailers(t))) => {
+                        body.finish();
+                        Poll::Ready(Some(Ok(Frame::trailers(t))))
+                    }
+                    Poll::Ready(Ok(BodyEvent::End)) => {
+                        body.finish();
+                        Poll::Ready(None)
+                    }
+                    Poll::Ready(Err(e)) => {
+                        body.conn = None;
+                        Poll::Ready(Some(Err(e.into())))
+                    }
+                    Poll::Pending => Poll::Pending,
+                },
+            },
+            Inner::Http2(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|f| f.map(|f| f.map_err(UpstreamBodyError::from))),
+            Inner::Upgraded(_) => Poll::Ready(None),
+        };
+        if polled.is_pending()
+            && let Some(deadline) = &mut this.deadline
+        {
+            ready!(deadline.as_mut().poll(cx));
+            if let Inner::Http1(body) = &mut this.inner {
+                body.conn = None;
             }
-            Poll::Ready(Some(Ok(frame))) => {
-                if this.inner.is_end_stream() {
-                    this.finish();
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => {
-                this.pool_return = None;
-                Poll::Ready(Some(Err(e.into())))
-            }
-            Poll::Pending => {
-                if let Some(deadline) = &mut this.deadline {
-                    ready!(deadline.as_mut().poll(cx));
-                    this.pool_return = None;
-                    return Poll::Ready(Some(Err(UpstreamBodyError::Timeout)));
-                }
-                Poll::Pending
-            }
+            return Poll::Ready(Some(Err(UpstreamBodyError::Timeout)));
         }
+        // A body that ends with its last data frame returns its connection at once.
+        if let Inner::Http1(body) = &mut this.inner {
+            body.finish();
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Inner::Http1(body) => body.reader.is_done(),
+            Inner::Http2(body) => body.is_end_stream(),
+            Inner::Upgraded(_) => true,
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Inner::Http1(body) => match body.reader.exact_len() {
+                Some(n) => SizeHint::with_exact(n),
+                None => SizeHint::default(),
+            },
+            Inner::Http2(body) => body.size_hint(),
+            Inner::Upgraded(_) => SizeHint::with_exact(0),
+        }
     }
 }
 
@@ -122,8 +209,8 @@ impl Drop for UpstreamBody {
     fn drop(&mut self) {
         // Bodiless responses (HEAD, 204, 304) may never be polled: their connection is
         // still reusable.
-        if self.inner.is_end_stream() {
-            self.finish();
+        if let Inner::Http1(body) = &mut self.inner {
+            body.finish();
         }
     }
 }

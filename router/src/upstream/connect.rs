@@ -12,7 +12,8 @@ use crate::route_table::Endpoint;
 use crate::tls::TlsFailure;
 
 /// A connection to an endpoint, plain or TLS.
-pub type UpstreamIo = Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
+/// (The TLS state is large: boxed, so that a plain connection stays small.)
+pub type UpstreamIo = Either<TcpStream, Box<tokio_rustls::client::TlsStream<TcpStream>>>;
 
 /// TLS client configs for endpoints, one per ALPN offer.
 #[derive(Clone)]
@@ -94,7 +95,7 @@ pub async fn dial(
     };
     let handshake = connector.connect(server_name, stream);
     match tokio::time::timeout(settings.tls_handshake_timeout, handshake).await {
-        Ok(Ok(tls)) => Ok(Either::Right(tls)),
+        Ok(Ok(tls)) => Ok(Either::Right(Box::new(tls))),
         Ok(Err(err)) => Err(tls_error(TlsFailure::classify(&err), err.to_string())),
         Err(_) => Err(tls_error(
             TlsFailure::Handshake,

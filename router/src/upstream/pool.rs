@@ -7,16 +7,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use tokio::time::Instant;
 
 use super::RequestBody;
+use super::http1::Conn;
 
-pub(super) type H1Sender = http1::SendRequest<RequestBody>;
 pub(super) type H2Sender = http2::SendRequest<RequestBody>;
 
 struct IdleConn {
-    sender: H1Sender,
+    conn: Conn,
     since: Instant,
 }
 
@@ -25,46 +25,40 @@ thread_local! {
     static H2: RefCell<HashMap<Arc<str>, H2Sender>> = RefCell::new(HashMap::new());
 }
 
-/// An idle HTTP/1 connection to `key`, if one is alive and not idle too long.
-pub(super) fn checkout(key: &str, idle_timeout: Duration) -> Option<H1Sender> {
+/// An idle HTTP/1 connection to `key` that is still open and not idle too long.
+pub(super) fn checkout(key: &str, idle_timeout: Duration) -> Option<Conn> {
     IDLE.with_borrow_mut(|idle| {
         let conns = idle.get_mut(key)?;
         let now = Instant::now();
-        while let Some(conn) = conns.pop() {
-            if !conn.sender.is_closed() && now.duration_since(conn.since) < idle_timeout {
-                return Some(conn.sender);
+        while let Some(idle) = conns.pop() {
+            if now.duration_since(idle.since) < idle_timeout && !idle.conn.is_closed_while_idle() {
+                let mut conn = idle.conn;
+                conn.reused = true;
+                return Some(conn);
             }
         }
         None
     })
 }
 
-/// Where a connection goes back when its response is done.
-pub(super) struct PoolReturn {
-    pub key: Arc<str>,
-    pub sender: H1Sender,
-    pub max_idle: usize,
-}
-
-impl PoolReturn {
-    /// Puts the connection back in the idle pool (unless closed or the pool is full).
-    pub fn checkin(self) {
-        if self.sender.is_closed() || self.max_idle == 0 {
-            return;
-        }
-        // try_with: a body dropped while the thread shuts down just closes its connection.
-        let _ = IDLE.try_with(|idle| {
-            if let Ok(mut idle) = idle.try_borrow_mut() {
-                let conns = idle.entry(self.key).or_default();
-                if conns.len() < self.max_idle {
-                    conns.push(IdleConn {
-                        sender: self.sender,
-                        since: Instant::now(),
-                    });
-                }
-            }
-        });
+/// Puts a connection whose exchange ended cleanly back in the idle pool, unless the
+/// pool for `key` is full.
+pub(super) fn checkin(key: Arc<str>, conn: Conn, max_idle: usize) {
+    if max_idle == 0 {
+        return;
     }
+    // try_with: a body dropped while the thread shuts down just closes its connection.
+    let _ = IDLE.try_with(|idle| {
+        if let Ok(mut idle) = idle.try_borrow_mut() {
+            let conns = idle.entry(key).or_default();
+            if conns.len() < max_idle {
+                conns.push(IdleConn {
+                    conn,
+                    since: Instant::now(),
+                });
+            }
+        }
+    });
 }
 
 /// The live HTTP/2 connection to `key`, if any.
