@@ -156,7 +156,9 @@ async fn serve_tls(
     serve_connection(TokioIo::new(tls), downstream, ctx, settings, stop).await;
 }
 
-async fn serve_connection<I>(
+/// Serves one accepted downstream connection (plain, or after the TLS handshake) until it
+/// closes; public so that the fuzzer drives the same code over an in-memory stream.
+pub async fn serve_connection<I>(
     io: I,
     downstream: Downstream,
     ctx: Arc<ProxyContext>,
@@ -170,7 +172,10 @@ async fn serve_connection<I>(
     let service = service_fn(move |req| {
         let downstream = downstream.clone();
         let ctx = ctx.clone();
-        async move { Ok::<_, Infallible>(handle(req, &downstream, &ctx).await) }
+        async move {
+            let req = req.map(crate::upstream::RequestBody::from_incoming);
+            Ok::<_, Infallible>(handle(req, &downstream, &ctx).await)
+        }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder

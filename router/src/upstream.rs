@@ -216,11 +216,15 @@ async fn exchange_http1(
             match step {
                 BodyStep::Frame(None) => break,
                 BodyStep::Frame(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(data) => {
-                        if let Err(err) = conn.write_body(&data, chunked).await {
-                            return Err(Exchange::Failed(err.into()));
+                    Ok(data) => match conn.write_body(&data, chunked, method).await {
+                        Ok(false) => {}
+                        // The app answered (or closed) while we were sending.
+                        Ok(true) => {
+                            conn.mark_cut_short();
+                            break;
                         }
-                    }
+                        Err(err) => return Err(Exchange::Failed(err)),
+                    },
                     Err(frame) => trailers = frame.into_trailers().ok(),
                 },
                 BodyStep::Frame(Some(Err(err))) => {

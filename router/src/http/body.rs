@@ -15,13 +15,16 @@ use super::proxy::ProxyContext;
 use crate::access_log::AccessRecord;
 use crate::balancer::InFlight;
 use crate::metrics::Outcome;
-use crate::upstream::{UpstreamBody, UpstreamBodyError};
+use crate::upstream::{UpstreamBody, UpstreamBodyError, UpstreamIo};
 
 enum Inner {
     /// Streamed from an endpoint; holds the endpoint's in-flight slot until it ends.
     Upstream(UpstreamBody, Option<InFlight>),
     /// Written by the router (errors, status pages).
     Full(Option<Bytes>),
+    /// After a 101 on the native HTTP/1 server: the endpoint's connection, which that
+    /// server joins to the client's; the in-flight slot lives as long as the pipe.
+    Upgraded(Option<(UpstreamIo, Bytes, InFlight)>),
 }
 
 /// A response body served downstream.
@@ -83,6 +86,22 @@ impl ProxyBody {
         }
     }
 
+    /// A 101 answer whose endpoint connection waits to be piped to the client's.
+    pub fn upgraded(io: UpstreamIo, read_ahead: Bytes, in_flight: InFlight) -> Self {
+        ProxyBody {
+            inner: Inner::Upgraded(Some((io, read_ahead, in_flight))),
+            completion: None,
+        }
+    }
+
+    /// The endpoint's side of an upgrade, for the server to pipe.
+    pub fn take_upgraded(&mut self) -> Option<(UpstreamIo, Bytes, InFlight)> {
+        match &mut self.inner {
+            Inner::Upgraded(upgraded) => upgraded.take(),
+            _ => None,
+        }
+    }
+
     /// Records the request when this body ends.
     pub fn on_complete(&mut self, completion: Completion) {
         self.completion = Some(completion);
@@ -110,6 +129,7 @@ impl Body for ProxyBody {
         let frame = match &mut this.inner {
             Inner::Upstream(body, _) => Pin::new(body).poll_frame(cx),
             Inner::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Inner::Upgraded(_) => Poll::Ready(None),
         };
         match &frame {
             Poll::Ready(Some(Ok(frame))) => {
@@ -127,6 +147,7 @@ impl Body for ProxyBody {
         match &self.inner {
             Inner::Upstream(body, _) => body.is_end_stream(),
             Inner::Full(bytes) => bytes.is_none(),
+            Inner::Upgraded(_) => true,
         }
     }
 
@@ -136,6 +157,7 @@ impl Body for ProxyBody {
             Inner::Full(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
+            Inner::Upgraded(_) => SizeHint::with_exact(0),
         }
     }
 }

@@ -12,8 +12,6 @@ use arc_swap::ArcSwap;
 use http::header::{CONTENT_LENGTH, HOST, HeaderValue, REFERER, SET_COOKIE, USER_AGENT};
 use http::uri::{PathAndQuery, Uri};
 use http::{Request, Response, Version};
-use http_body::Body as _;
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::body::{Completion, ProxyBody};
@@ -107,7 +105,7 @@ struct Exchange {
 
 /// Serves one downstream request; never fails (errors become gorouter's error responses).
 pub async fn handle(
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     downstream: &Downstream,
     ctx: &Arc<ProxyContext>,
 ) -> Response<ProxyBody> {
@@ -160,7 +158,7 @@ pub async fn handle(
 }
 
 async fn proxy(
-    mut req: Request<Incoming>,
+    mut req: Request<RequestBody>,
     downstream: &Downstream,
     ctx: &ProxyContext,
     request_id: &HeaderValue,
@@ -182,7 +180,11 @@ async fn proxy(
 
     let downstream_version = req.version();
     let upgrade = websocket::requested_upgrade(req.headers());
-    let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+    // hyper's server leaves the client's side of an upgrade in the request; the native
+    // HTTP/1 server keeps the connection and pipes it itself.
+    let downstream_upgrade = upgrade
+        .as_ref()
+        .and_then(|_| req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>());
     let mut req = prepare_request(req, &host, downstream, request_id);
     headers::forward_client_cert(req.headers_mut(), downstream, ctx.forwarded_client_cert);
     if let Some(upgrade) = &upgrade {
@@ -223,15 +225,20 @@ async fn proxy(
                 set_sticky_cookie(ctx, &pool, &endpoint, sticky_target.as_deref(), &mut resp);
                 // Answer in the client's protocol, whatever version the app spoke.
                 *resp.version_mut() = downstream_version;
-                if let (Some(upgrade), Some(downstream_upgrade)) = (&upgrade, downstream_upgrade) {
+                if let Some(upgrade) = &upgrade {
                     let switching = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
                     ctx.metrics.worker(ctx.worker).websocket(switching);
                     if let Some((io, read_ahead)) =
                         resp.body_mut().take_upgraded().filter(|_| switching)
                     {
                         websocket::restore_upgrade_headers(resp.headers_mut(), upgrade);
-                        start_pipe(ctx, downstream_upgrade, io, read_ahead, in_flight);
-                        return Ok(resp.map(|_| ProxyBody::empty()));
+                        return Ok(match downstream_upgrade {
+                            Some(downstream_upgrade) => {
+                                start_pipe(ctx, downstream_upgrade, io, read_ahead, in_flight);
+                                resp.map(|_| ProxyBody::empty())
+                            }
+                            None => resp.map(|_| ProxyBody::upgraded(io, read_ahead, in_flight)),
+                        });
                     }
                 }
                 return Ok(resp.map(|body| ProxyBody::upstream(body, in_flight)));
@@ -338,7 +345,7 @@ fn set_sticky_cookie<B>(
 }
 
 /// The request's host: the URI authority (HTTP/2, absolute-form) or the Host header.
-fn request_host(req: &Request<Incoming>) -> Option<HeaderValue> {
+fn request_host(req: &Request<RequestBody>) -> Option<HeaderValue> {
     if let Some(authority) = req.uri().authority() {
         return HeaderValue::from_str(authority.as_str()).ok();
     }
@@ -363,7 +370,7 @@ fn find_pool(ctx: &ProxyContext, host: &str, path: &str) -> Result<Arc<Pool>, Pr
 /// Honours `X-CF-App-Instance: APPGUID:INDEX` (then removes it): the request must go to
 /// exactly that instance.
 fn app_instance(
-    req: &mut Request<Incoming>,
+    req: &mut Request<RequestBody>,
     pool: &Pool,
     host: &str,
 ) -> Result<Option<Arc<Endpoint>>, ProxyError> {
@@ -405,7 +412,7 @@ pub fn parse_app_instance(value: &[u8]) -> Result<(&str, &str), ProxyError> {
 /// Makes the request fit to send upstream: HTTP/1.1, origin-form target, a Host header,
 /// and the endpoint-independent forwarding headers (set once, whatever the attempts).
 fn prepare_request(
-    mut req: Request<Incoming>,
+    mut req: Request<RequestBody>,
     host: &HeaderValue,
     downstream: &Downstream,
     request_id: &HeaderValue,
@@ -426,18 +433,12 @@ fn prepare_request(
         req.headers_mut().insert(HOST, host.clone());
     }
     headers::rewrite_request(req.headers_mut(), downstream, request_id);
-    req.map(|body| {
-        if body.is_end_stream() {
-            RequestBody::Empty
-        } else {
-            RequestBody::Downstream(body)
-        }
-    })
+    req
 }
 
 /// The access-log fields known when the request arrives.
 fn begin_record(
-    req: &Request<Incoming>,
+    req: &Request<RequestBody>,
     downstream: &Downstream,
     request_id: &HeaderValue,
 ) -> Box<AccessRecord> {

@@ -22,6 +22,17 @@ pub enum RequestBody {
     Empty,
 }
 
+impl RequestBody {
+    /// The body hyper's server read, or none when it is already at its end.
+    pub fn from_incoming(body: Incoming) -> Self {
+        if body.is_end_stream() {
+            RequestBody::Empty
+        } else {
+            RequestBody::Downstream(body)
+        }
+    }
+}
+
 impl Body for RequestBody {
     type Data = Bytes;
     type Error = hyper::Error;

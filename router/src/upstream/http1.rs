@@ -16,7 +16,7 @@ use std::task::{Context, Poll, ready};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, HeaderName, HeaderValue, TRANSFER_ENCODING};
 use http::{HeaderMap, Method, Response, StatusCode, Version};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::connect::UpstreamIo;
 
@@ -84,19 +84,58 @@ impl Conn {
         self.io.flush().await
     }
 
-    /// Writes one body chunk in the framing the head announced.
-    pub async fn write_body(&mut self, data: &[u8], chunked: bool) -> io::Result<()> {
-        if chunked {
-            if data.is_empty() {
-                return Ok(());
-            }
-            let size = format!("{:x}\r\n", data.len());
-            self.io.write_all(size.as_bytes()).await?;
-            self.io.write_all(data).await?;
-            self.io.write_all(b"\r\n").await
-        } else {
-            self.io.write_all(data).await
+    /// Writes one body chunk in the framing the head announced, watching for the
+    /// endpoint's answer meanwhile: returns `true` when a final answer (or the end of the
+    /// connection) arrived first, and the rest is then not sent. An endpoint that answers
+    /// early and stops reading must not leave the upload blocked on a full socket.
+    pub async fn write_body(
+        &mut self,
+        data: &[u8],
+        chunked: bool,
+        method: &Method,
+    ) -> Result<bool, Http1Error> {
+        if !chunked {
+            return self.write_racing(data, method).await;
         }
+        if data.is_empty() {
+            return Ok(false);
+        }
+        let size = format!("{:x}\r\n", data.len());
+        for part in [size.as_bytes(), data, b"\r\n"] {
+            if self.write_racing(part, method).await? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    async fn write_racing(&mut self, mut buf: &[u8], method: &Method) -> Result<bool, Http1Error> {
+        enum Race {
+            Read(usize),
+            Wrote(usize),
+        }
+        while !buf.is_empty() {
+            let step = std::future::poll_fn(|cx| {
+                if let Poll::Ready(read) = self.poll_fill(cx) {
+                    return Poll::Ready(read.map(Race::Read));
+                }
+                Pin::new(&mut self.io)
+                    .poll_write(cx, buf)
+                    .map(|w| w.map(Race::Wrote))
+            })
+            .await?;
+            match step {
+                Race::Wrote(0) => return Err(io::Error::from(io::ErrorKind::WriteZero).into()),
+                Race::Wrote(n) => buf = &buf[n..],
+                Race::Read(0) => return Ok(true),
+                Race::Read(_) => {
+                    if self.answer_is_final(method)? {
+                        return Ok(true);
+                    }
+                }
+            }
+        }
+        Ok(false)
     }
 
     /// Ends a chunked body (with trailers, if any) and flushes.
@@ -192,6 +231,12 @@ impl Conn {
         if self.fill().await? == 0 {
             return Ok(true);
         }
+        self.answer_is_final(method)
+    }
+
+    /// Looks at what the endpoint sent so far: consumes interim 1xx responses, and says
+    /// whether a final answer has begun.
+    fn answer_is_final(&mut self, method: &Method) -> Result<bool, Http1Error> {
         loop {
             let mut probe = self.read_buf.clone();
             match parse_response_head(&mut probe, method)? {
