@@ -1,0 +1,466 @@
+//! One instance's life: unpack the droplet into its own directory, start the command as a
+//! child process in its own process group, wait for its health check, watch it, and stop
+//! it gracefully. Every change of state is reported to the agent loop as an [`Event`].
+//!
+//! ```text
+//! unpack -> spawn -> STARTING --health check ok--> RUNNING --exit/check fails--> CRASHED
+//!              \            \--exit/timeout--> CRASHED
+//!               stop (any time): SIGTERM the group, SIGKILL after 10 s -> Stopped
+//! ```
+
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, SystemTime};
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::DropletSource;
+use super::limits::{self, MemoryEnforcement};
+use crate::messages::{DesiredInstance, InstanceKey, LogLine};
+use crate::staging;
+use crate::util::unix_nanos;
+
+/// Between SIGTERM and SIGKILL (Diego's `graceful_shutdown_interval_in_seconds`).
+pub const GRACE_PERIOD: Duration = Duration::from_secs(10);
+/// While starting, how often the health check is tried.
+const STARTING_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+/// While running, how often the health check is repeated.
+const RUNNING_CHECK_INTERVAL: Duration = Duration::from_secs(10);
+/// Timeout of one health check.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the agent needs to start an instance.
+#[derive(Debug, Clone)]
+pub struct LaunchSpec {
+    pub desired: DesiredInstance,
+    pub instance_guid: String,
+    /// The instance's own directory (`app/` and `tmp/` inside); removed at the end.
+    pub dir: PathBuf,
+    /// Where the droplet (tar.gz) to unpack into `dir/app` comes from.
+    pub droplets: DropletSource,
+    /// The address the router dials (also `CF_INSTANCE_IP`).
+    pub host: String,
+    pub memory: MemoryEnforcement,
+    /// Time allowed to pass the first health check (CC's default: 60 s).
+    pub startup_timeout: Duration,
+}
+
+/// A state change of one instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Starting {
+        port: u16,
+        pid: Option<u32>,
+    },
+    Running,
+    Crashed {
+        details: String,
+    },
+    /// Gone after a stop request; the agent forgets it.
+    Stopped,
+}
+
+/// An [`Event`] with the instance it concerns.
+#[derive(Debug, Clone)]
+pub struct InstanceEvent {
+    pub key: InstanceKey,
+    pub instance_guid: String,
+    pub event: Event,
+}
+
+/// Handle to a launched instance.
+#[derive(Debug)]
+pub struct InstanceHandle {
+    pub instance_guid: String,
+    stop: CancellationToken,
+}
+
+impl InstanceHandle {
+    /// Asks the instance to stop (SIGTERM, SIGKILL after the grace period); it reports
+    /// [`Event::Stopped`] when gone.
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+}
+
+/// Starts an instance in a task of its own.
+pub fn launch(
+    spec: LaunchSpec,
+    events: mpsc::UnboundedSender<InstanceEvent>,
+    logs: mpsc::UnboundedSender<LogLine>,
+) -> InstanceHandle {
+    let stop = CancellationToken::new();
+    let handle = InstanceHandle {
+        instance_guid: spec.instance_guid.clone(),
+        stop: stop.clone(),
+    };
+    tokio::spawn(async move {
+        let key = spec.desired.key.clone();
+        let instance_guid = spec.instance_guid.clone();
+        let dir = spec.dir.clone();
+        let emit = |event| {
+            // The agent loop outlives its instances; if it is gone nobody needs to know.
+            let _ = events.send(InstanceEvent {
+                key: key.clone(),
+                instance_guid: instance_guid.clone(),
+                event,
+            });
+        };
+        let cell = CellLog {
+            logs: logs.clone(),
+            key: key.clone(),
+        };
+        let end = run(&spec, &stop, &emit, &logs, &cell).await;
+        let dir_for_cleanup = dir.clone();
+        // Best effort: a leftover directory is only disk space.
+        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir_for_cleanup)).await;
+        match end {
+            End::Stopped => {
+                cell.say(format!("Stopped instance {}", spec.instance_guid));
+                emit(Event::Stopped);
+            }
+            End::Crashed(details) => {
+                cell.say(format!("Instance crashed: {details}"));
+                emit(Event::Crashed { details });
+                // A stop may still come for a crashed instance: acknowledge it.
+                stop.cancelled().await;
+                emit(Event::Stopped);
+            }
+        }
+    });
+    handle
+}
+
+enum End {
+    Stopped,
+    Crashed(String),
+}
+
+struct CellLog {
+    logs: mpsc::UnboundedSender<LogLine>,
+    key: InstanceKey,
+}
+
+impl CellLog {
+    fn say(&self, message: String) {
+        let _ = self.logs.send(LogLine {
+            app_guid: self.key.app_guid.clone(),
+            timestamp_ns: unix_nanos(SystemTime::now()),
+            source_type: "CELL".to_owned(),
+            instance: self.key.index.to_string(),
+            stream: "OUT".to_owned(),
+            message,
+        });
+    }
+}
+
+async fn run(
+    spec: &LaunchSpec,
+    stop: &CancellationToken,
+    emit: &impl Fn(Event),
+    logs: &mpsc::UnboundedSender<LogLine>,
+    cell: &CellLog,
+) -> End {
+    cell.say(format!(
+        "Creating container for app {}, instance {}",
+        spec.desired.app_name, spec.instance_guid
+    ));
+    let app_dir = spec.dir.join("app");
+    let tmp_dir = spec.dir.join("tmp");
+    let droplet = match spec.droplets.fetch(&spec.desired.droplet_guid).await {
+        Ok(path) => path,
+        Err(details) => return End::Crashed(details),
+    };
+    let unpack_to = app_dir.clone();
+    let tmp_to = tmp_dir.clone();
+    let unpacked = tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&tmp_to)?;
+        staging::unpack(&droplet, &unpack_to)
+    })
+    .await;
+    match unpacked {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return End::Crashed(format!("failed to unpack droplet: {e}")),
+        Err(e) => return End::Crashed(format!("failed to unpack droplet: {e}")),
+    }
+    if stop.is_cancelled() {
+        return End::Stopped;
+    }
+    let port = match free_port().await {
+        Ok(p) => p,
+        Err(e) => return End::Crashed(format!("no free port: {e}")),
+    };
+    let cgroup = match spec
+        .memory
+        .create_cgroup(&spec.instance_guid, spec.desired.memory_mb)
+    {
+        Ok(c) => c,
+        Err(e) => return End::Crashed(format!("cannot create the memory cgroup: {e}")),
+    };
+    let mut child = match command(spec, port, &app_dir, &tmp_dir).spawn() {
+        Ok(c) => c,
+        Err(e) => return End::Crashed(format!("failed to start /bin/sh: {e}")),
+    };
+    let pid = child.id();
+    if let (Some(cg), Some(pid)) = (&cgroup, pid)
+        && let Err(e) = limits::enter_cgroup(cg, pid)
+    {
+        kill_group(pid, Signal::SIGKILL);
+        let _ = child.wait().await;
+        return End::Crashed(format!("cannot enter the memory cgroup: {e}"));
+    }
+    pump_output(&mut child, &spec.desired.key, logs);
+    emit(Event::Starting { port, pid });
+    cell.say(format!(
+        "Starting health monitoring of container (port {port})"
+    ));
+    let end = supervise(spec, stop, emit, &mut child, pid, port).await;
+    if let Some(cg) = &cgroup {
+        limits::remove_cgroup(cg);
+    }
+    end
+}
+
+fn command(
+    spec: &LaunchSpec,
+    port: u16,
+    app_dir: &std::path::Path,
+    tmp_dir: &std::path::Path,
+) -> Command {
+    let d = &spec.desired;
+    let script = format!("{}{}", spec.memory.shell_prologue(d.memory_mb), d.command);
+    let vcap_application = serde_json::json!({
+        "application_id": d.key.app_guid,
+        "application_name": d.app_name,
+        "application_uris": d.uris,
+        "application_version": d.version.to_string(),
+        "name": d.app_name,
+        "uris": d.uris,
+        "version": d.version.to_string(),
+        "process_id": d.key.app_guid,
+        "process_type": "web",
+        "limits": {"mem": d.memory_mb, "disk": 1024, "fds": 16384},
+        "space_name": "default",
+        "organization_name": "default",
+        "cf_api": "",
+        "host": "0.0.0.0",
+        "instance_id": spec.instance_guid,
+        "instance_index": d.key.index,
+        "port": port,
+    });
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(script)
+        .current_dir(app_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own process group, so stop and crash clean-up reach every descendant.
+        .process_group(0)
+        .kill_on_drop(true);
+    // The agent's own credentials are none of the app's business.
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("CONTROLLER_LITE") {
+            cmd.env_remove(name);
+        }
+    }
+    let port_s = port.to_string();
+    let index = d.key.index.to_string();
+    cmd.env("PORT", &port_s)
+        .env("VCAP_APP_PORT", &port_s)
+        .env("VCAP_APP_HOST", "0.0.0.0")
+        .env("CF_INSTANCE_INDEX", &index)
+        .env("INSTANCE_INDEX", &index)
+        .env("CF_INSTANCE_GUID", &spec.instance_guid)
+        .env("INSTANCE_GUID", &spec.instance_guid)
+        .env("CF_INSTANCE_IP", &spec.host)
+        .env("CF_INSTANCE_PORT", &port_s)
+        .env("CF_INSTANCE_ADDR", format!("{}:{port}", spec.host))
+        .env(
+            "CF_INSTANCE_PORTS",
+            format!(r#"[{{"external":{port},"internal":{port}}}]"#),
+        )
+        .env("MEMORY_LIMIT", format!("{}m", d.memory_mb))
+        .env("VCAP_APPLICATION", vcap_application.to_string())
+        .env("VCAP_SERVICES", "{}")
+        .env("TMPDIR", tmp_dir);
+    cmd
+}
+
+async fn supervise(
+    spec: &LaunchSpec,
+    stop: &CancellationToken,
+    emit: &impl Fn(Event),
+    child: &mut Child,
+    pid: Option<u32>,
+    port: u16,
+) -> End {
+    let d = &spec.desired;
+    // Starting: until the first healthy check, the process exits, or time runs out.
+    let deadline = tokio::time::Instant::now() + spec.startup_timeout;
+    loop {
+        tokio::select! {
+            status = child.wait() => {
+                reap_group(pid);
+                return End::Crashed(exit_details(status));
+            }
+            () = stop.cancelled() => {
+                terminate(child, pid).await;
+                return End::Stopped;
+            }
+            () = tokio::time::sleep_until(deadline) => {
+                terminate(child, pid).await;
+                return End::Crashed(format!(
+                    "health check never passed within {}s", spec.startup_timeout.as_secs()
+                ));
+            }
+            healthy = check(&d.health_check_type, &d.health_check_endpoint, port) => {
+                if healthy {
+                    break;
+                }
+                tokio::time::sleep(STARTING_CHECK_INTERVAL).await;
+            }
+        }
+    }
+    emit(Event::Running);
+    // Running: watch the process, and re-check health now and then.
+    let mut ticker = tokio::time::interval(RUNNING_CHECK_INTERVAL);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            status = child.wait() => {
+                reap_group(pid);
+                return End::Crashed(exit_details(status));
+            }
+            () = stop.cancelled() => {
+                terminate(child, pid).await;
+                return End::Stopped;
+            }
+            _ = ticker.tick() => {
+                if !check(&d.health_check_type, &d.health_check_endpoint, port).await {
+                    terminate(child, pid).await;
+                    return End::Crashed("health check failed".to_owned());
+                }
+            }
+        }
+    }
+}
+
+fn exit_details(status: std::io::Result<ExitStatus>) -> String {
+    match status {
+        Ok(s) => match (s.code(), std::os::unix::process::ExitStatusExt::signal(&s)) {
+            (Some(code), _) => format!("APP/PROC/WEB: Exited with status {code}"),
+            (None, Some(sig)) => format!("APP/PROC/WEB: Exited on signal {sig}"),
+            _ => "APP/PROC/WEB: Exited".to_owned(),
+        },
+        Err(e) => format!("APP/PROC/WEB: lost track of the process: {e}"),
+    }
+}
+
+/// SIGTERM to the whole group, SIGKILL after the grace period.
+async fn terminate(child: &mut Child, pid: Option<u32>) {
+    let Some(pid) = pid else {
+        let _ = child.kill().await;
+        return;
+    };
+    kill_group(pid, Signal::SIGTERM);
+    if tokio::time::timeout(GRACE_PERIOD, child.wait())
+        .await
+        .is_err()
+    {
+        kill_group(pid, Signal::SIGKILL);
+        let _ = child.wait().await;
+    }
+    // Descendants that ignored SIGTERM must not outlive the instance.
+    kill_group(pid, Signal::SIGKILL);
+}
+
+/// After the main process exited on its own, kills what is left of its group.
+fn reap_group(pid: Option<u32>) {
+    if let Some(pid) = pid {
+        kill_group(pid, Signal::SIGKILL);
+    }
+}
+
+fn kill_group(pid: u32, signal: Signal) {
+    if let Ok(pid) = i32::try_from(pid) {
+        // ESRCH (group already gone) is the normal case after an exit.
+        let _ = killpg(Pid::from_raw(pid), signal);
+    }
+}
+
+/// One health check: `port` (TCP connect), `http` (GET endpoint answers 2xx) or
+/// `process` (always healthy while the process lives).
+async fn check(kind: &str, endpoint: &str, port: u16) -> bool {
+    let addr = ("127.0.0.1", port);
+    match kind {
+        "process" => true,
+        "http" => {
+            let probe = async {
+                let mut stream = TcpStream::connect(addr).await?;
+                let path = if endpoint.is_empty() { "/" } else { endpoint };
+                stream
+                    .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\nUser-Agent: controller-lite-healthcheck\r\n\r\n").as_bytes())
+                    .await?;
+                let mut head = [0u8; 12];
+                stream.read_exact(&mut head).await?;
+                Ok::<bool, std::io::Error>(head.starts_with(b"HTTP/1.") && head[9] == b'2')
+            };
+            matches!(
+                tokio::time::timeout(CHECK_TIMEOUT, probe).await,
+                Ok(Ok(true))
+            )
+        }
+        _ => matches!(
+            tokio::time::timeout(CHECK_TIMEOUT, TcpStream::connect(addr)).await,
+            Ok(Ok(_))
+        ),
+    }
+}
+
+/// A port the kernel says is free now. Another process could take it before the app
+/// binds it; the app then fails its health check and is restarted on a new port.
+async fn free_port() -> std::io::Result<u16> {
+    let listener = tokio::net::TcpListener::bind(("0.0.0.0", 0)).await?;
+    Ok(listener.local_addr()?.port())
+}
+
+fn pump_output(child: &mut Child, key: &InstanceKey, logs: &mpsc::UnboundedSender<LogLine>) {
+    if let Some(out) = child.stdout.take() {
+        tokio::spawn(pump(out, key.clone(), "OUT", logs.clone()));
+    }
+    if let Some(err) = child.stderr.take() {
+        tokio::spawn(pump(err, key.clone(), "ERR", logs.clone()));
+    }
+}
+
+async fn pump(
+    reader: impl AsyncRead + Unpin,
+    key: InstanceKey,
+    stream: &'static str,
+    logs: mpsc::UnboundedSender<LogLine>,
+) {
+    let mut lines = BufReader::new(reader).split(b'\n');
+    while let Ok(Some(line)) = lines.next_segment().await {
+        let message = String::from_utf8_lossy(&line)
+            .trim_end_matches('\r')
+            .to_owned();
+        let sent = logs.send(LogLine {
+            app_guid: key.app_guid.clone(),
+            timestamp_ns: unix_nanos(SystemTime::now()),
+            source_type: "APP/PROC/WEB".to_owned(),
+            instance: key.index.to_string(),
+            stream: stream.to_owned(),
+            message,
+        });
+        if sent.is_err() {
+            break;
+        }
+    }
+}
