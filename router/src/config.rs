@@ -131,6 +131,9 @@ pub struct Config {
     pub tcp_listen_host: IpAddr,
     pub zone: String,
     pub tracing: TracingConfig,
+    /// Which HTTP/1 server serves downstream connections: `native` (this project's, on
+    /// httparse, the fast path) or `hyper`.
+    pub http1_server: Http1Server,
     /// Proxy worker threads, each with its own single-threaded runtime (0: one per CPU).
     pub worker_threads: usize,
 }
@@ -176,6 +179,7 @@ impl Default for Config {
             tcp_listen_host: IpAddr::from([0, 0, 0, 0]),
             zone: String::new(),
             worker_threads: 0,
+            http1_server: Http1Server::Native,
             tracing: TracingConfig::default(),
         }
     }
@@ -335,6 +339,14 @@ impl Default for BackendsConfig {
             max_attempts: 3,
         }
     }
+}
+
+/// The downstream HTTP/1 implementation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Http1Server {
+    Native,
+    Hyper,
 }
 
 /// `tracing.*`: trace-context headers.

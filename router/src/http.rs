@@ -3,6 +3,7 @@
 
 pub mod body;
 pub mod errors;
+pub mod h1_server;
 pub mod headers;
 pub mod proxy;
 pub mod sticky;

@@ -21,7 +21,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Http2Config;
+use crate::http::h1_server::Start;
 use crate::http::{Downstream, ProxyContext, handle};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Downstream connection limits from the config.
 #[derive(Debug, Clone)]
@@ -34,6 +36,8 @@ pub struct DownstreamSettings {
     pub enable_http2: bool,
     pub http2: Http2Config,
     pub tls_handshake_timeout: Duration,
+    /// Serve HTTP/1 with the native server (else hyper's).
+    pub native_http1: bool,
 }
 
 /// A listening socket, and the TLS acceptor when it is the TLS listener.
@@ -103,8 +107,7 @@ async fn accept_loop(
                 match &listener.tls {
                     None => connections.spawn(async move {
                         let downstream = Downstream::new(peer, false);
-                        serve_connection(TokioIo::new(stream), downstream, ctx, settings, stop)
-                            .await
+                        serve_connection(stream, downstream, ctx, settings, stop, false).await
                     }),
                     Some(acceptor) => connections.spawn(serve_tls(
                         stream,
@@ -151,14 +154,96 @@ async fn serve_tls(
         .peer_certificates()
         .and_then(|chain| chain.first())
         .and_then(crate::tls::client_cert_header);
+    let alpn_h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let mut downstream = Downstream::new(peer, true);
     downstream.client_cert = client_cert;
-    serve_connection(TokioIo::new(tls), downstream, ctx, settings, stop).await;
+    serve_connection(tls, downstream, ctx, settings, stop, alpn_h2).await;
 }
 
 /// Serves one accepted downstream connection (plain, or after the TLS handshake) until it
-/// closes; public so that the fuzzer drives the same code over an in-memory stream.
+/// closes: HTTP/1 on the native server (or hyper's, by config), HTTP/2 (ALPN `h2`, or
+/// the preface on a plain connection) on hyper's. Public so that the fuzzer drives the
+/// same code over an in-memory stream.
 pub async fn serve_connection<I>(
+    io: I,
+    downstream: Downstream,
+    ctx: Arc<ProxyContext>,
+    settings: Arc<DownstreamSettings>,
+    stop: CancellationToken,
+    alpn_h2: bool,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    if alpn_h2 || !settings.native_http1 {
+        return serve_hyper(TokioIo::new(io), downstream, ctx, settings, stop).await;
+    }
+    let h1 = crate::http::h1_server::serve(
+        io,
+        downstream.clone(),
+        ctx.clone(),
+        settings.clone(),
+        stop.clone(),
+    );
+    if let Start::Http2 { io, read } = h1.await {
+        serve_hyper(
+            TokioIo::new(Prefixed { prefix: read, io }),
+            downstream,
+            ctx,
+            settings,
+            stop,
+        )
+        .await;
+    }
+}
+
+/// A connection whose first bytes were already read: they are read again first.
+struct Prefixed<I> {
+    prefix: bytes::Bytes,
+    io: I,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            let head = self.prefix.split_to(n);
+            buf.put_slice(&head);
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// Serves a connection with hyper (HTTP/2, or HTTP/1 when so configured).
+async fn serve_hyper<I>(
     io: I,
     downstream: Downstream,
     ctx: Arc<ProxyContext>,

@@ -249,6 +249,7 @@ pub async fn start(
         enable_http2: config.enable_http2,
         http2: config.http2.clone(),
         tls_handshake_timeout: config.tls_handshake_timeout,
+        native_http1: config.http1_server == crate::config::Http1Server::Native,
     });
     let tls = match (&listeners.tls, config.enable_ssl) {
         (Some(socket), true) => {

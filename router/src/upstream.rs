@@ -204,13 +204,11 @@ async fn exchange_http1(
     if let Err(err) = conn.write_all(head).await {
         return Err(Exchange::Unsent(err.into()));
     }
-    if let RequestBody::Downstream(incoming) = body
-        && !incoming.is_end_stream()
-    {
+    if !body.is_end_stream() {
         let mut trailers = None;
         loop {
             let step = tokio::select! {
-                frame = incoming.frame() => BodyStep::Frame(frame),
+                frame = body.frame() => BodyStep::Frame(frame),
                 answered = conn.wait_for_answer(method) => BodyStep::Answered(answered),
             };
             match step {
@@ -233,7 +231,6 @@ async fn exchange_http1(
                         std::io::Error::other(err),
                     )));
                 }
-                // The app answered early (e.g. 413): stop sending, read its answer.
                 // An interim 100 Continue: keep sending.
                 BodyStep::Answered(Ok(false)) => {}
                 // The app answered early (e.g. 413) or closed: stop sending, read its
@@ -262,7 +259,7 @@ async fn exchange_http1(
 }
 
 enum BodyStep {
-    Frame(Option<Result<http_body::Frame<bytes::Bytes>, hyper::Error>>),
+    Frame(Option<Result<http_body::Frame<bytes::Bytes>, body::BoxError>>),
     /// The endpoint sent something (or closed) before the body was all sent: whether it
     /// is a final answer.
     Answered(Result<bool, http1::Http1Error>),

@@ -15,12 +15,17 @@ use super::connect::UpstreamIo;
 use super::http1::{BodyEvent, BodyReader, Conn, Http1Error};
 use super::pool;
 
-/// A request body sent upstream: the client's, streamed, or none.
+/// A request body sent upstream: the client's, streamed (read by hyper's server or by
+/// the native HTTP/1 server), or none.
 #[derive(Debug)]
 pub enum RequestBody {
     Downstream(Incoming),
+    Native(crate::http::h1_server::NativeBody),
     Empty,
 }
+
+/// Any error a request body can fail with.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl RequestBody {
     /// The body hyper's server read, or none when it is already at its end.
@@ -35,14 +40,15 @@ impl RequestBody {
 
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.get_mut() {
-            RequestBody::Downstream(body) => Pin::new(body).poll_frame(cx),
+            RequestBody::Downstream(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            RequestBody::Native(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
             RequestBody::Empty => Poll::Ready(None),
         }
     }
@@ -50,6 +56,7 @@ impl Body for RequestBody {
     fn is_end_stream(&self) -> bool {
         match self {
             RequestBody::Downstream(body) => body.is_end_stream(),
+            RequestBody::Native(body) => body.is_end_stream(),
             RequestBody::Empty => true,
         }
     }
@@ -57,6 +64,7 @@ impl Body for RequestBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             RequestBody::Downstream(body) => body.size_hint(),
+            RequestBody::Native(body) => body.size_hint(),
             RequestBody::Empty => SizeHint::with_exact(0),
         }
     }

@@ -541,7 +541,7 @@ impl BodyReader {
     }
 
     /// Consumes what it can from `buf`: an event, or `None` when more bytes are needed.
-    fn step(&mut self, buf: &mut BytesMut) -> Result<Option<BodyEvent>, Http1Error> {
+    pub fn step(&mut self, buf: &mut BytesMut) -> Result<Option<BodyEvent>, Http1Error> {
         match self.framing {
             Framing::Empty => {
                 self.done = true;

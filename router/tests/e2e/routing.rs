@@ -159,3 +159,19 @@ async fn app_instance_header_reaches_the_exact_instance() {
     assert_eq!(missing.header("x-cf-routererror"), Some("unknown_route"));
     assert!(missing.text().contains("Requested instance ('7')"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hyper_http1_server_remains_selectable() {
+    let backend = Backend::http("hyper-h1").await;
+    let mut config = test_config();
+    config.http1_server = router::config::Http1Server::Hyper;
+    config.routes = vec![backend.registration(&["hyper.example.com"])];
+    let router = TestRouter::start(config).await;
+    let answer = get(router.http, "hyper.example.com", "/x", &[]).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.json()["target"], "/x");
+    assert_eq!(
+        get(router.http, "nope.example.com", "/", &[]).await.status,
+        404
+    );
+}

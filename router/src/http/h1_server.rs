@@ -1,0 +1,523 @@
+//! The native HTTP/1.1 server: one task per connection reads request heads with
+//! httparse, calls [`super::handle`] (the same hot path as HTTP/2), and writes the
+//! response head and body itself. With the upstream client of `upstream::http1`, a
+//! keep-alive request costs no task switch, no channel and no copy of body bytes.
+//!
+//! Lifecycle of a connection:
+//! - The first bytes decide the protocol: the HTTP/2 preface goes to hyper's HTTP/2
+//!   server (prior knowledge); anything else is HTTP/1.
+//! - A head must arrive within `header_read_timeout` of the previous response (or of
+//!   accept); one timer per connection, reset per request. Idle connections close on stop.
+//! - Malformed heads get 400 (431, 501, 505, 417 as fits) and the connection closes.
+//! - A request with a body lends the connection's read side to the body while the proxy
+//!   runs; `Expect: 100-continue` is answered on the first read of it.
+//! - The response goes out with Content-Length when its size is known, else chunked
+//!   (HTTP/1.1) or delimited by closing (HTTP/1.0). Head and a small first body chunk
+//!   leave in one write.
+//! - A request body the app did not read is drained (up to a limit) so the next request
+//!   starts on a message boundary; past the limit the connection closes.
+//! - A 101 turns the connection into a byte pipe to the endpoint (splice on plain TCP).
+//! - Pipelined requests are served in order from the buffer.
+
+use std::any::Any;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::Body as _;
+use http_body_util::BodyExt as _;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::body::ProxyBody;
+use super::headers::Downstream;
+use super::proxy::{ProxyContext, handle};
+use crate::listener::DownstreamSettings;
+use crate::upstream::RequestBody;
+use crate::upstream::http1::{BodyReader, Framing};
+
+mod body;
+pub mod request;
+
+pub use body::NativeBody;
+use body::{BodySource, Lent};
+
+/// Most request headers accepted (more: 431).
+const MAX_HEADERS: usize = 100;
+/// Unread request body drained after a response so the connection can be reused.
+const MAX_DRAIN: usize = 256 * 1024;
+/// Body chunks up to this size are copied next to the head and sent in one write.
+const COALESCE: usize = 16 * 1024;
+
+/// What the first bytes of a connection said.
+pub enum Start<I> {
+    /// HTTP/1: served here to the end.
+    Done,
+    /// The HTTP/2 preface: serve `io` with HTTP/2, replaying `read` first.
+    Http2 { io: I, read: Bytes },
+}
+
+struct Conn<I> {
+    io: I,
+    buf: BytesMut,
+    out: Vec<u8>,
+}
+
+/// Serves an HTTP/1 connection until it closes. Returns the connection when the client
+/// turns out to speak HTTP/2 with prior knowledge.
+pub async fn serve<I>(
+    io: I,
+    downstream: Downstream,
+    ctx: Arc<ProxyContext>,
+    settings: Arc<DownstreamSettings>,
+    stop: CancellationToken,
+) -> Start<I>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut conn = Conn {
+        io,
+        buf: BytesMut::with_capacity(8 * 1024),
+        out: Vec::with_capacity(4 * 1024),
+    };
+    let head_limit = settings.max_request_header_bytes + 64 * 1024;
+    let deadline = tokio::time::sleep(settings.header_read_timeout);
+    tokio::pin!(deadline);
+    let mut first = true;
+    loop {
+        deadline
+            .as_mut()
+            .reset(Instant::now() + settings.header_read_timeout);
+        // 1. A request head (or the HTTP/2 preface, or the end).
+        let head = loop {
+            if first && request::may_be_h2_preface(&conn.buf) && !conn.buf.is_empty() {
+                if conn.buf.len() >= request::H2_PREFACE.len() {
+                    if settings.enable_http2 {
+                        return Start::Http2 {
+                            io: conn.io,
+                            read: conn.buf.freeze(),
+                        };
+                    }
+                    let _ = write_error(&mut conn.io, StatusCode::HTTP_VERSION_NOT_SUPPORTED).await;
+                    return Start::Done;
+                }
+            } else if !conn.buf.is_empty() {
+                match request::parse::<MAX_HEADERS>(&mut conn.buf) {
+                    Ok(Some(head)) => break head,
+                    Ok(None) if conn.buf.len() > head_limit => {
+                        let _ = write_431(&mut conn.io).await;
+                        return Start::Done;
+                    }
+                    Ok(None) => {}
+                    Err(err) => {
+                        tracing::debug!(peer = %downstream.peer, error = %err, "bad request head");
+                        let status =
+                            StatusCode::from_u16(err.status()).unwrap_or(StatusCode::BAD_REQUEST);
+                        let _ = if status == StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE {
+                            write_431(&mut conn.io).await
+                        } else {
+                            write_error(&mut conn.io, status).await
+                        };
+                        return Start::Done;
+                    }
+                }
+            }
+            conn.buf.reserve(4 * 1024);
+            let idle = conn.buf.is_empty();
+            let read = tokio::select! {
+                read = conn.io.read_buf(&mut conn.buf) => read,
+                () = &mut deadline => return Start::Done,
+                // Idle connections close at once on shutdown; a head in progress finishes.
+                () = stop.cancelled(), if idle => return Start::Done,
+            };
+            match read {
+                Ok(0) | Err(_) => return Start::Done,
+                Ok(_) => {}
+            }
+        };
+        first = false;
+
+        // 2. The request, its body lent the connection's read side.
+        let request::RequestHead {
+            parts,
+            framing,
+            keep_alive,
+            expect_continue,
+        } = head;
+        let method = parts.method.clone();
+        let version = parts.version;
+        let mut body_done = true;
+        let resp = if framing == Framing::Empty {
+            handle(
+                Request::from_parts(parts, RequestBody::Empty),
+                &downstream,
+                &ctx,
+            )
+            .await
+        } else {
+            let source: Box<dyn BodySource> = Box::new(Lent {
+                io: conn.io,
+                buf: std::mem::take(&mut conn.buf),
+                reader: BodyReader::new(framing),
+                continue_left: if expect_continue {
+                    body::CONTINUE.len()
+                } else {
+                    0
+                },
+            });
+            let shared = Arc::new(Mutex::new(Some(source)));
+            let body = RequestBody::Native(NativeBody::new(shared.clone(), framing));
+            let resp = handle(Request::from_parts(parts, body), &downstream, &ctx).await;
+            // 3. The connection back, on a message boundary if the body can be drained.
+            let taken = match shared.lock() {
+                Ok(mut guard) => guard.take(),
+                Err(poisoned) => poisoned.into_inner().take(),
+            };
+            let Some(Ok(back)) = taken.map(|s| s.into_any().downcast::<Lent<I>>()) else {
+                return Start::Done;
+            };
+            let Lent {
+                io,
+                buf,
+                mut reader,
+                ..
+            } = *back;
+            conn.io = io;
+            conn.buf = buf;
+            body_done = drain(&mut conn, &mut reader).await;
+            resp
+        };
+
+        // 4. The response.
+        let reuse = keep_alive && body_done && !stop.is_cancelled();
+        match write_response(&mut conn, resp, &method, version, reuse).await {
+            Ok(Next::KeepAlive) => {}
+            Ok(Next::Close) | Err(_) => {
+                if !body_done {
+                    linger(&mut conn).await;
+                }
+                let _ = conn.io.shutdown().await;
+                return Start::Done;
+            }
+            Ok(Next::Upgrade(upstream, read_ahead, in_flight)) => {
+                let leftover = std::mem::take(&mut conn.buf).freeze();
+                let piped = pipe_upgraded(conn.io, leftover, upstream, read_ahead).await;
+                if let Err(err) = piped {
+                    tracing::debug!(error = %err, "upgraded connection ended with an error");
+                }
+                drop(in_flight);
+                return Start::Done;
+            }
+        }
+    }
+}
+
+/// Reads and drops what remains of a request body, up to [`MAX_DRAIN`] bytes; `false`
+/// when it could not reach the end (the connection must then close).
+async fn drain<I: AsyncRead + Unpin>(conn: &mut Conn<I>, reader: &mut BodyReader) -> bool {
+    let mut drained = 0usize;
+    loop {
+        if reader.is_done() {
+            return true;
+        }
+        match reader.step(&mut conn.buf) {
+            Err(_) => return false,
+            Ok(Some(crate::upstream::http1::BodyEvent::Data(d))) => {
+                drained += d.len();
+                if drained > MAX_DRAIN {
+                    return false;
+                }
+                continue;
+            }
+            Ok(Some(_)) => continue,
+            Ok(None) => {}
+        }
+        conn.buf.reserve(16 * 1024);
+        match tokio::time::timeout(Duration::from_secs(1), conn.io.read_buf(&mut conn.buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return false,
+        }
+    }
+}
+
+/// Closes a connection whose client may still be sending a body we did not read:
+/// stop writing, then read and drop for a moment, so that the kernel does not answer the
+/// unread bytes with a reset that could destroy the response before the client reads it.
+async fn linger<I: AsyncRead + AsyncWrite + Unpin>(conn: &mut Conn<I>) {
+    let _ = conn.io.shutdown().await;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut discarded = 0usize;
+    while discarded < 64 * 1024 * 1024 {
+        conn.buf.clear();
+        conn.buf.reserve(64 * 1024);
+        match tokio::time::timeout_at(deadline, conn.io.read_buf(&mut conn.buf)).await {
+            Ok(Ok(n)) if n > 0 => discarded += n,
+            _ => return,
+        }
+    }
+}
+
+enum Next {
+    KeepAlive,
+    Close,
+    Upgrade(
+        crate::upstream::UpstreamIo,
+        Bytes,
+        crate::balancer::InFlight,
+    ),
+}
+
+/// Writes the response head and streams its body; says what the connection does next.
+async fn write_response<I: AsyncWrite + Unpin>(
+    conn: &mut Conn<I>,
+    resp: Response<ProxyBody>,
+    method: &Method,
+    version: Version,
+    reuse: bool,
+) -> std::io::Result<Next> {
+    let (parts, mut body) = resp.into_parts();
+    let status = parts.status;
+    let upgrade = if status == StatusCode::SWITCHING_PROTOCOLS {
+        body.take_upgraded()
+    } else {
+        None
+    };
+    let bodiless = method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let exact = body.size_hint().exact();
+    let chunked = !bodiless && exact.is_none() && version == Version::HTTP_11;
+    // HTTP/1.0 without a length: the body ends when the connection does.
+    let close_delimited = !bodiless && exact.is_none() && !chunked;
+    let keep_alive = reuse && !close_delimited && upgrade.is_none();
+
+    let out = &mut conn.out;
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(reason(status).as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        // Framing and connection headers are ours to set.
+        if name == TRANSFER_ENCODING || name == CONNECTION || (name == CONTENT_LENGTH && !bodiless)
+        {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if !parts.headers.contains_key(DATE) {
+        out.extend_from_slice(b"date: ");
+        with_http_date(|date| out.extend_from_slice(date));
+        out.extend_from_slice(b"\r\n");
+    }
+    if let (false, Some(n)) = (bodiless, exact) {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(n.to_string().as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    if upgrade.is_some() {
+        // restore_upgrade_headers already put Connection: upgrade back among the headers,
+        // which the loop above skipped as a connection header.
+        out.extend_from_slice(b"connection: upgrade\r\n");
+    } else if !keep_alive {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if version == Version::HTTP_10 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+
+    if let Some((io, read_ahead, in_flight)) = upgrade {
+        conn.io.write_all(&conn.out).await?;
+        conn.io.flush().await?;
+        return Ok(Next::Upgrade(io, read_ahead, in_flight));
+    }
+    if bodiless {
+        conn.io.write_all(&conn.out).await?;
+        conn.io.flush().await?;
+        drop(body);
+        return Ok(if keep_alive {
+            Next::KeepAlive
+        } else {
+            Next::Close
+        });
+    }
+
+    // The body, frame by frame. Small frames join what is buffered (the head, at first),
+    // which goes out before waiting for the next frame: one write for a small response.
+    loop {
+        match body.frame().await {
+            None => {
+                if chunked {
+                    conn.out.extend_from_slice(b"0\r\n\r\n");
+                }
+                break;
+            }
+            Some(Err(err)) => {
+                // The head may be out already: all we can do is cut the connection.
+                tracing::debug!(error = %err, "response body failed; closing the connection");
+                return Ok(Next::Close);
+            }
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    if !data.is_empty() {
+                        if chunked {
+                            conn.out
+                                .extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                        }
+                        if data.len() <= COALESCE {
+                            conn.out.extend_from_slice(data);
+                        } else {
+                            conn.io.write_all(&conn.out).await?;
+                            conn.out.clear();
+                            conn.io.write_all(data).await?;
+                        }
+                        if chunked {
+                            conn.out.extend_from_slice(b"\r\n");
+                        }
+                    }
+                } else if let Ok(trailers) = frame.into_trailers() {
+                    if chunked {
+                        conn.out.extend_from_slice(b"0\r\n");
+                        crate::upstream::http1::write_headers(&mut conn.out, &trailers);
+                        conn.out.extend_from_slice(b"\r\n");
+                    }
+                    break;
+                }
+            }
+        }
+        if body.is_end_stream() {
+            if chunked {
+                conn.out.extend_from_slice(b"0\r\n\r\n");
+            }
+            break;
+        }
+        if !conn.out.is_empty() {
+            conn.io.write_all(&conn.out).await?;
+            conn.out.clear();
+        }
+    }
+    conn.io.write_all(&conn.out).await?;
+    conn.out.clear();
+    conn.io.flush().await?;
+    drop(body);
+    Ok(if keep_alive {
+        Next::KeepAlive
+    } else {
+        Next::Close
+    })
+}
+
+/// Joins the client's connection to the endpoint's after a 101: splice when both are
+/// plain TCP, a buffered copy otherwise.
+async fn pipe_upgraded<I>(
+    client: I,
+    client_read_ahead: Bytes,
+    upstream: crate::upstream::UpstreamIo,
+    upstream_read_ahead: Bytes,
+) -> std::io::Result<crate::pipe::PipeStats>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let client: Box<dyn Any + Send> = Box::new(client);
+    match (client.downcast::<TcpStream>(), upstream) {
+        (Ok(client), tokio_util::either::Either::Left(mut up)) => {
+            let mut client = *client;
+            deliver(&mut client, client_read_ahead, &mut up, upstream_read_ahead).await?;
+            crate::pipe::pipe_bidirectional(client, up).await
+        }
+        (Ok(client), up) => buffered(*client, client_read_ahead, up, upstream_read_ahead).await,
+        (Err(client), up) => match client.downcast::<I>() {
+            Ok(client) => buffered(*client, client_read_ahead, up, upstream_read_ahead).await,
+            Err(_) => Err(std::io::Error::other("connection of an unexpected type")),
+        },
+    }
+}
+
+async fn deliver<A, B>(a: &mut A, a_read: Bytes, b: &mut B, b_read: Bytes) -> std::io::Result<()>
+where
+    A: AsyncWrite + Unpin,
+    B: AsyncWrite + Unpin,
+{
+    if !a_read.is_empty() {
+        b.write_all(&a_read).await?;
+    }
+    if !b_read.is_empty() {
+        a.write_all(&b_read).await?;
+    }
+    Ok(())
+}
+
+async fn buffered<A, B>(
+    mut a: A,
+    a_read: Bytes,
+    mut b: B,
+    b_read: Bytes,
+) -> std::io::Result<crate::pipe::PipeStats>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    deliver(&mut a, a_read, &mut b, b_read).await?;
+    crate::pipe::copy_bidirectional_buffered(a, b).await
+}
+
+async fn write_error<I: AsyncWrite + Unpin>(io: &mut I, status: StatusCode) -> std::io::Result<()> {
+    let text = format!(
+        "HTTP/1.1 {} {}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+        status.as_str(),
+        reason(status)
+    );
+    io.write_all(text.as_bytes()).await?;
+    io.flush().await?;
+    io.shutdown().await
+}
+
+async fn write_431<I: AsyncWrite + Unpin>(io: &mut I) -> std::io::Result<()> {
+    io.write_all(
+        b"HTTP/1.1 431 Request Header Fields Too Large\r\nx-cf-routererror: max-request-size-exceeded\r\n\
+          content-length: 0\r\nconnection: close\r\n\r\n",
+    )
+    .await?;
+    io.flush().await?;
+    io.shutdown().await
+}
+
+fn reason(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        496 => "SSL Certificate Required",
+        525 => "SSL Handshake Failed",
+        526 => "Invalid SSL Certificate",
+        _ => status.canonical_reason().unwrap_or(""),
+    }
+}
+
+thread_local! {
+    static DATE_CACHE: std::cell::RefCell<(u64, Vec<u8>)> = const { std::cell::RefCell::new((0, Vec::new())) };
+}
+
+/// The current `Date` value, formatted at most once per second per thread.
+fn with_http_date(f: impl FnOnce(&[u8])) {
+    let now = std::time::SystemTime::now();
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    DATE_CACHE.with_borrow_mut(|(at, text)| {
+        if *at != secs || text.is_empty() {
+            *at = secs;
+            *text = httpdate::fmt_http_date(now).into_bytes();
+        }
+        f(text);
+    });
+}
