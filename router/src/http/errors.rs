@@ -39,6 +39,8 @@ pub enum Side {
 pub enum ProxyError {
     #[error("request had empty Host header")]
     EmptyHost,
+    #[error("request has more than one Host header")]
+    TooManyHosts,
     #[error("route {host} does not exist")]
     UnknownRoute { host: String },
     #[error("route {host} has no endpoints")]
@@ -90,6 +92,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::EmptyHost
+            | ProxyError::TooManyHosts
             | ProxyError::InvalidAppInstanceHeader
             | ProxyError::UnknownInstance { .. } => StatusCode::BAD_REQUEST,
             ProxyError::UnknownRoute { .. } => StatusCode::NOT_FOUND,
@@ -111,6 +114,7 @@ impl ProxyError {
     pub fn router_error(&self) -> Cow<'static, str> {
         match self {
             ProxyError::EmptyHost => "empty_host".into(),
+            ProxyError::TooManyHosts => "too_many_host_headers".into(),
             ProxyError::UnknownRoute { .. } | ProxyError::UnknownInstance { .. } => {
                 "unknown_route".into()
             }
@@ -126,6 +130,8 @@ impl ProxyError {
     fn message(&self) -> Cow<'static, str> {
         match self {
             ProxyError::EmptyHost => "Request had empty Host header".into(),
+            // Go's own wording: gorouter's HTTP server refuses these before routing.
+            ProxyError::TooManyHosts => "too many Host headers".into(),
             ProxyError::UnknownRoute { host } => {
                 format!("Requested route ('{host}') does not exist.").into()
             }

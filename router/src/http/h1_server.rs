@@ -65,6 +65,7 @@ struct Conn<I> {
     io: I,
     buf: BytesMut,
     out: Vec<u8>,
+    fields: request::FieldOffsets,
 }
 
 /// Serves an HTTP/1 connection until it closes. Returns the connection when the client
@@ -83,6 +84,7 @@ where
         io,
         buf: BytesMut::with_capacity(8 * 1024),
         out: Vec::with_capacity(4 * 1024),
+        fields: Vec::with_capacity(32),
     };
     let head_limit = settings.max_request_header_bytes + 64 * 1024;
     let deadline = tokio::time::sleep(settings.header_read_timeout);
@@ -106,7 +108,7 @@ where
                     return Start::Done;
                 }
             } else if !conn.buf.is_empty() {
-                match request::parse::<MAX_HEADERS>(&mut conn.buf) {
+                match request::parse::<MAX_HEADERS>(&mut conn.buf, &mut conn.fields) {
                     Ok(Some(head)) => break head,
                     Ok(None) if conn.buf.len() > head_limit => {
                         let _ = write_431(&mut conn.io).await;
@@ -192,8 +194,13 @@ where
             resp
         };
 
-        // 4. The response.
-        let reuse = keep_alive && body_done && !stop.is_cancelled();
+        // 4. The response. After the router refused a request as malformed (400, 431),
+        // the connection closes, as Go's server does: what follows is not trusted.
+        let refused = matches!(resp.status().as_u16(), 400 | 431)
+            && resp
+                .headers()
+                .contains_key(super::headers::X_CF_ROUTER_ERROR);
+        let reuse = keep_alive && body_done && !refused && !stop.is_cancelled();
         match write_response(&mut conn, resp, &method, version, reuse).await {
             Ok(Next::KeepAlive) => {}
             Ok(Next::Close) | Err(_) => {

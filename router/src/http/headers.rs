@@ -59,19 +59,40 @@ impl Downstream {
 
 /// Removes hop-by-hop headers and those the `Connection` header names. `TE: trailers`
 /// survives: it announces that the client accepts trailers (gRPC needs it end to end).
+/// `Host` and `Content-Length` survive a `Connection` listing: they describe the message,
+/// not the hop (Go's reverse proxy, gorouter, keeps them outside its header map).
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in listed {
+    // One pass over the names (comparisons, no hashing) finds what is there: most
+    // messages carry one of these headers or none, so most removals below never run.
+    let mut found = [false; 8];
+    let mut te = false;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+            found[i] = true;
+        } else if name == header::TE {
+            te = true;
+        }
+    }
+    if found[0] {
+        let listed: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            // Bytes, not `to_str`: one non-ASCII byte must not shield the other tokens.
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim_ascii()).ok())
+            .filter(|name| *name != header::HOST && *name != header::CONTENT_LENGTH)
+            .filter(|name| !HOP_BY_HOP.contains(name))
+            .collect();
+        for name in listed {
+            te |= name == header::TE;
+            headers.remove(name);
+        }
+    }
+    for (name, _) in HOP_BY_HOP.iter().zip(found).filter(|(_, found)| *found) {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
+    if !te {
+        return;
     }
     let te_trailers = headers
         .get_all(header::TE)
@@ -198,6 +219,23 @@ mod tests {
         remove_hop_by_hop(&mut h);
         let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["x-kept", "te"]);
+    }
+
+    #[test]
+    fn connection_cannot_remove_host_or_content_length() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_bytes(b"host, content-length, x-a, caf\xc3\xa9").unwrap(),
+        );
+        h.insert(header::HOST, "a.example.com".parse().unwrap());
+        h.insert(header::CONTENT_LENGTH, "3".parse().unwrap());
+        h.insert("x-a", "1".parse().unwrap());
+        remove_hop_by_hop(&mut h);
+        let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        let mut names = names;
+        names.sort();
+        assert_eq!(names, ["content-length", "host"]);
     }
 
     #[test]

@@ -171,6 +171,11 @@ async fn proxy(
     {
         return Err(ProxyError::HeaderTooLarge);
     }
+    // RFC 9112 3.2: two Host lines are a 400, or the route and the app could each
+    // believe a different one.
+    if req.headers().get_all(HOST).iter().nth(1).is_some() {
+        return Err(ProxyError::TooManyHosts);
+    }
     let host = request_host(&req).ok_or(ProxyError::EmptyHost)?;
     let host_text = host.to_str().map_err(|_| ProxyError::EmptyHost)?;
     let mut pool = find_pool(ctx, host_text, req.uri().path())?;
@@ -418,6 +423,9 @@ fn prepare_request(
     request_id: &HeaderValue,
 ) -> Request<RequestBody> {
     if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+        // The target's authority is the host (absolute form, HTTP/2): the app sees the
+        // host the request was routed on, not a different Host line (RFC 9112 3.2.2).
+        req.headers_mut().insert(HOST, host.clone());
         let path = req
             .uri()
             .path_and_query()

@@ -26,6 +26,11 @@ const MAX_HEADERS: usize = 128;
 const MAX_HEAD_BYTES: usize = 256 * 1024;
 /// Longest chunk-size line (with extensions) accepted.
 const MAX_CHUNK_LINE: usize = 4096;
+thread_local! {
+    /// Scratch space for header positions while a head is parsed.
+    static FIELDS: std::cell::RefCell<Vec<[usize; 4]>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Read granularity: large enough for a small response in one read.
 const READ_CHUNK: usize = 16 * 1024;
 
@@ -337,9 +342,18 @@ fn parse_response_head(
     buf: &mut BytesMut,
     method: &Method,
 ) -> Result<Option<ResponseHead>, Http1Error> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut slots);
-    let len = match parsed.parse(buf) {
+    // Most responses carry a few headers: parse with 16 slots (cheap to zero), and only
+    // on overflow again with the full MAX_HEADERS.
+    let mut few = [httparse::EMPTY_HEADER; 16];
+    let mut many;
+    let mut parsed = httparse::Response::new(&mut few);
+    let mut result = parsed.parse(buf);
+    if let Err(httparse::Error::TooManyHeaders) = result {
+        many = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        parsed = httparse::Response::new(&mut many);
+        result = parsed.parse(buf);
+    }
+    let len = match result {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => {
@@ -356,15 +370,33 @@ fn parse_response_head(
     } else {
         Version::HTTP_11
     };
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
-    for h in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| Http1Error::Malformed("invalid header name"))?;
-        let value = HeaderValue::from_bytes(h.value)
-            .map_err(|_| Http1Error::Malformed("invalid header value"))?;
-        headers.append(name, value);
-    }
-    buf.advance(len);
+    // Header values stay slices of the head (no copy per value): note where they are,
+    // split the head off, then build the map.
+    let base = buf.as_ptr() as usize;
+    FIELDS.with_borrow_mut(|fields| {
+        fields.clear();
+        fields.extend(parsed.headers.iter().map(|h| {
+            [
+                h.name.as_ptr() as usize - base,
+                h.name.len(),
+                h.value.as_ptr() as usize - base,
+                h.value.len(),
+            ]
+        }));
+    });
+    let head = buf.split_to(len).freeze();
+    let mut headers = FIELDS.with_borrow(|fields| {
+        // Room for what the proxy adds: the request id, a sticky cookie.
+        let mut headers = HeaderMap::with_capacity(fields.len() + 2);
+        for &[name, name_len, value, value_len] in fields.iter() {
+            let name = HeaderName::from_bytes(&head[name..name + name_len])
+                .map_err(|_| Http1Error::Malformed("invalid header name"))?;
+            let value = HeaderValue::from_maybe_shared(head.slice(value..value + value_len))
+                .map_err(|_| Http1Error::Malformed("invalid header value"))?;
+            headers.append(name, value);
+        }
+        Ok::<_, Http1Error>(headers)
+    })?;
     let framing = response_framing(status, method, &headers)?;
     let mut keep_alive = match version {
         Version::HTTP_10 => has_token(&headers, CONNECTION, b"keep-alive"),
@@ -635,13 +667,11 @@ fn find(buf: &[u8], needle: &[u8]) -> Option<usize> {
     buf.windows(needle.len()).position(|w| w == needle)
 }
 
-/// Parses `HEX[;ext]`: at most 16 hex digits, extensions ignored.
+/// Parses `HEX[;ext]`: at most 16 hex digits right before the `;` or the end, extensions
+/// ignored. Whitespace around the size, which RFC 9112 tolerates as BWS, is refused: it
+/// is where parsers disagree, and disagreement is what request smuggling needs.
 pub fn parse_chunk_size(line: &[u8]) -> Result<u64, Http1Error> {
-    let digits = line
-        .split(|&b| b == b';')
-        .next()
-        .unwrap_or_default()
-        .trim_ascii_end();
+    let digits = line.split(|&b| b == b';').next().unwrap_or_default();
     if digits.is_empty() || digits.len() > 16 || !digits.iter().all(u8::is_ascii_hexdigit) {
         return Err(Http1Error::Malformed("invalid chunk size"));
     }

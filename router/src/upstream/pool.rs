@@ -21,8 +21,10 @@ struct IdleConn {
 }
 
 thread_local! {
-    static IDLE: RefCell<HashMap<Arc<str>, Vec<IdleConn>>> = RefCell::new(HashMap::new());
-    static H2: RefCell<HashMap<Arc<str>, H2Sender>> = RefCell::new(HashMap::new());
+    static IDLE: RefCell<HashMap<Arc<str>, Vec<IdleConn>, foldhash::fast::RandomState>> =
+        RefCell::new(HashMap::default());
+    static H2: RefCell<HashMap<Arc<str>, H2Sender, foldhash::fast::RandomState>> =
+        RefCell::new(HashMap::default());
 }
 
 /// An idle HTTP/1 connection to `key` that is still open and not idle too long.

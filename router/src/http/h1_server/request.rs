@@ -49,11 +49,24 @@ impl HeadError {
     }
 }
 
+/// Where a header's name and value sit in the head: `[name_start, name_len,
+/// value_start, value_len]`. Reused across requests (no per-request allocation).
+pub type FieldOffsets = Vec<[usize; 4]>;
+
+/// Headers the proxy adds to every request; room is made for them up front.
+const ADDED_HEADERS: usize = 8;
+
 /// Parses a request head from the front of `buf`, consuming it. `Ok(None)`: incomplete.
-pub fn parse<const N: usize>(buf: &mut BytesMut) -> Result<Option<RequestHead>, HeadError> {
-    let mut slots = [httparse::EMPTY_HEADER; N];
-    let mut parsed = httparse::Request::new(&mut slots);
-    let len = match parsed.parse(buf) {
+/// At most `N` headers (more: 431).
+pub fn parse<const N: usize>(
+    buf: &mut BytesMut,
+    fields: &mut FieldOffsets,
+) -> Result<Option<RequestHead>, HeadError> {
+    // Uninitialised slots: zeroing N headers for every request would cost more than
+    // parsing a small head.
+    let mut slots = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; N];
+    let mut parsed = httparse::Request::new(&mut []);
+    let len = match parsed.parse_with_uninit_headers(buf, &mut slots) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
@@ -72,21 +85,21 @@ pub fn parse<const N: usize>(buf: &mut BytesMut) -> Result<Option<RequestHead>, 
     let base = buf.as_ptr() as usize;
     let offset = |s: &[u8]| (s.as_ptr() as usize - base, s.len());
     let target = offset(parsed.path.unwrap_or_default().as_bytes());
-    let mut fields: [((usize, usize), (usize, usize)); N] = [((0, 0), (0, 0)); N];
-    let count = parsed.headers.len();
-    for (field, h) in fields.iter_mut().zip(parsed.headers.iter()) {
-        *field = (offset(h.name.as_bytes()), offset(h.value));
-    }
+    fields.clear();
+    fields.extend(parsed.headers.iter().map(|h| {
+        let (name, name_len) = offset(h.name.as_bytes());
+        let (value, value_len) = offset(h.value);
+        [name, name_len, value, value_len]
+    }));
     let head = buf.split_to(len).freeze();
-    let slice = |(start, len): (usize, usize)| head.slice(start..start + len);
 
-    let uri = Uri::from_maybe_shared(slice(target))
+    let uri = Uri::from_maybe_shared(head.slice(target.0..target.0 + target.1))
         .map_err(|_| HeadError::Malformed("invalid request target"))?;
-    let mut headers = HeaderMap::with_capacity(count);
-    for &(name, value) in &fields[..count] {
-        let name = HeaderName::from_bytes(&slice(name))
+    let mut headers = HeaderMap::with_capacity(fields.len() + ADDED_HEADERS);
+    for &[name, name_len, value, value_len] in fields.iter() {
+        let name = HeaderName::from_bytes(&head[name..name + name_len])
             .map_err(|_| HeadError::Malformed("invalid header name"))?;
-        let value = HeaderValue::from_maybe_shared(slice(value))
+        let value = HeaderValue::from_maybe_shared(head.slice(value..value + value_len))
             .map_err(|_| HeadError::Malformed("invalid header value"))?;
         headers.append(name, value);
     }
@@ -135,9 +148,14 @@ fn request_framing(version: Version, headers: &HeaderMap) -> Result<Framing, Hea
             .flat_map(|v| v.as_bytes().split(|&b| b == b','))
             .map(<[u8]>::trim_ascii)
             .collect();
+        // RFC 9112 6.1: chunked must come last, or the message has no end (400); other
+        // codings are ones we do not decode (501).
         return match codings.as_slice() {
             [only] if only.eq_ignore_ascii_case(b"chunked") => Ok(Framing::Chunked),
-            _ => Err(HeadError::TransferCoding),
+            [.., last] if last.eq_ignore_ascii_case(b"chunked") => Err(HeadError::TransferCoding),
+            _ => Err(HeadError::Malformed(
+                "Transfer-Encoding does not end in chunked",
+            )),
         };
     }
     let mut length: Option<u64> = None;
@@ -179,7 +197,7 @@ pub fn may_be_h2_preface(buf: &[u8]) -> bool {
 
 /// The bytes of `head`, for tests and the fuzzer.
 pub fn parse_bytes(bytes: &[u8]) -> Result<Option<RequestHead>, HeadError> {
-    parse::<100>(&mut BytesMut::from(bytes))
+    parse::<100>(&mut BytesMut::from(bytes), &mut Vec::new())
 }
 
 #[cfg(test)]
@@ -240,7 +258,7 @@ mod tests {
             ),
             (
                 "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
-                501,
+                400,
             ),
             (
                 "POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
