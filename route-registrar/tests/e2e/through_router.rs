@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{DEADLINE, InProcessRegistrar, NatsServer, eventually};
+use crate::support::{DEADLINE, InProcessRegistrar, NatsServer, eventually, free_port};
 
 /// The real router, in-process, fed by `nats`.
 struct TestRouter {
@@ -23,7 +23,7 @@ impl TestRouter {
     async fn start(nats: &NatsServer) -> Self {
         let config = RouterConfig::from_yaml(&format!(
             "nats:\n  hosts: [{{hostname: 127.0.0.1, port: {}}}]\n\
-             worker_threads: 1\nstart_response_delay_interval: 0s\n",
+             worker_threads: 1\nstart_response_delay_interval: 0s\ntcp_listen_host: 127.0.0.1\n",
             nats.address().rsplit_once(':').unwrap().1
         ))
         .unwrap();
@@ -157,6 +157,66 @@ async fn a_route_becomes_routable_through_the_real_router() {
         Duration::from_secs(3),
         || async move { get(http, "svc.example.com").await.0 != 200 },
     )
+    .await;
+    router.stop().await;
+}
+
+/// A TCP echo server on 127.0.0.1.
+async fn echo_server() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut read, mut write) = stream.split();
+                let _ = tokio::io::copy(&mut read, &mut write).await;
+            });
+        }
+    });
+    port
+}
+
+/// Sends `ping` to the router's TCP port and reads it back, if the port is open.
+async fn echo_through(port: u16) -> Option<String> {
+    let exchange = async {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        stream.write_all(b"ping").await.ok()?;
+        let mut buf = [0u8; 4];
+        stream.read_exact(&mut buf).await.ok()?;
+        Some(String::from_utf8_lossy(&buf).into_owned())
+    };
+    tokio::time::timeout(DEADLINE, exchange)
+        .await
+        .ok()
+        .flatten()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_route_carries_bytes_through_the_real_router() {
+    let nats = NatsServer::start().await;
+    let router = TestRouter::start(&nats).await;
+    let echo = echo_server().await;
+    let external = free_port();
+    let config = nats.config_head()
+        + &format!(
+            "routes:
+  - name: db
+    port: {echo}
+    external_port: {external}
+    registration_interval: 200ms
+"
+        );
+    let registrar = InProcessRegistrar::start(&config).await;
+    eventually("the TCP route to carry bytes", DEADLINE, || async move {
+        echo_through(external).await.as_deref() == Some("ping")
+    })
+    .await;
+
+    // Shutdown unregisters it, and the router closes the port.
+    registrar.stop().await;
+    eventually("the TCP listener to close", DEADLINE, || async move {
+        TcpStream::connect(("127.0.0.1", external)).await.is_err()
+    })
     .await;
     router.stop().await;
 }
