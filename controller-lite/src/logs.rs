@@ -14,6 +14,28 @@ use crate::util::unix_nanos;
 /// Lines kept per app, as Log Cache keeps a bounded window.
 pub const RECENT_LINES: usize = 1000;
 
+/// Adds a router access record to its app's logs as an `RTR` line (records of requests
+/// that reached no app are not anyone's logs).
+pub fn append_access_record(store: &LogStore, record: &router::access_log::AccessRecord) {
+    let Some(endpoint) = &record.endpoint else {
+        return;
+    };
+    if endpoint.data.app_id.is_empty() {
+        return;
+    }
+    let mut line = Vec::with_capacity(512);
+    record.format(&mut line);
+    let message = String::from_utf8_lossy(&line).trim_end().to_owned();
+    store.append(LogLine {
+        app_guid: endpoint.data.app_id.clone(),
+        timestamp_ns: unix_nanos(record.received_at),
+        source_type: "RTR".to_owned(),
+        instance: endpoint.data.instance_index.clone(),
+        stream: "OUT".to_owned(),
+        message,
+    });
+}
+
 /// The log store.
 #[derive(Debug)]
 pub struct LogStore {
@@ -92,7 +114,9 @@ impl LogStore {
 pub fn format_line(line: &LogLine) -> String {
     let secs = u64::try_from(line.timestamp_ns / 1_000_000_000).unwrap_or(0);
     let time = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs);
-    let source = if line.source_type.starts_with("APP") || line.source_type == "CELL" {
+    let source = if line.source_type.starts_with("APP")
+        || matches!(line.source_type.as_str(), "CELL" | "RTR")
+    {
         format!("{}/{}", line.source_type, line.instance)
     } else {
         line.source_type.clone()

@@ -131,7 +131,15 @@ impl Up {
             })?;
         listeners.http = listen(ip, opts.router_port)?;
         let router_addr = local(&listeners.http, ip)?;
-        let handle = router::server::start(router_config, listeners, Some(bus.clone())).await?;
+        // The router's access records become the apps' `RTR` log lines.
+        let (access_tap, mut access_records) = tokio::sync::mpsc::channel(4096);
+        let handle = router::server::start_with_access_tap(
+            router_config,
+            listeners,
+            Some(bus.clone()),
+            Some(access_tap),
+        )
+        .await?;
         let router_stop = CancellationToken::new();
         {
             let router_stop = router_stop.clone();
@@ -145,6 +153,14 @@ impl Up {
         }
 
         let controller = Controller::open(&opts.data_dir, bus.clone())?;
+        {
+            let controller = controller.clone();
+            others.push(tokio::spawn(async move {
+                while let Some(record) = access_records.recv().await {
+                    crate::logs::append_access_record(&controller.logs, &record);
+                }
+            }));
+        }
         let admin_token = std::fs::read_to_string(&controller.admin_token_path)
             .map(|t| t.trim().to_owned())
             .unwrap_or_default();

@@ -146,10 +146,13 @@ fn escape(out: &mut Vec<u8>, value: &[u8]) {
     }
 }
 
-/// The sending side of the access log, cloned into every worker.
+/// The sending side of the access log, cloned into every worker: lines to the log file,
+/// and records to a tap for an embedding program (controller-lite adds them to the app's
+/// logs as `RTR` lines).
 #[derive(Debug, Clone)]
 pub struct AccessLog {
-    tx: mpsc::Sender<Vec<u8>>,
+    tx: Option<mpsc::Sender<Vec<u8>>>,
+    tap: Option<mpsc::Sender<AccessRecord>>,
     metrics: Arc<Metrics>,
 }
 
@@ -173,14 +176,40 @@ impl AccessLog {
         std::thread::Builder::new()
             .name("access-log".into())
             .spawn(move || write_lines(rx, sink))?;
-        Ok(AccessLog { tx, metrics })
+        Ok(AccessLog {
+            tx: Some(tx),
+            tap: None,
+            metrics,
+        })
     }
 
-    /// Queues a record; never waits.
+    /// Records go to `tap` only (no file).
+    pub fn tap_only(tap: mpsc::Sender<AccessRecord>, metrics: Arc<Metrics>) -> AccessLog {
+        AccessLog {
+            tx: None,
+            tap: Some(tap),
+            metrics,
+        }
+    }
+
+    /// Records also go to `tap`.
+    pub fn with_tap(mut self, tap: Option<mpsc::Sender<AccessRecord>>) -> AccessLog {
+        self.tap = tap;
+        self
+    }
+
+    /// Queues a record; never waits (a full queue drops and counts it).
     pub fn log(&self, record: &AccessRecord) {
-        let mut line = Vec::with_capacity(512);
-        record.format(&mut line);
-        if self.tx.try_send(line).is_err() {
+        if let Some(tx) = &self.tx {
+            let mut line = Vec::with_capacity(512);
+            record.format(&mut line);
+            if tx.try_send(line).is_err() {
+                self.metrics.access_log_dropped();
+            }
+        }
+        if let Some(tap) = &self.tap
+            && tap.try_send(record.clone()).is_err()
+        {
             self.metrics.access_log_dropped();
         }
     }

@@ -174,6 +174,17 @@ pub async fn start(
     listeners: Listeners,
     bus: Option<Bus>,
 ) -> Result<RouterHandle, ServerError> {
+    start_with_access_tap(config, listeners, bus, None).await
+}
+
+/// Like [`start`], and every request's access record is also sent to `tap` (dropped,
+/// and counted, when the receiver falls behind).
+pub async fn start_with_access_tap(
+    config: Config,
+    listeners: Listeners,
+    bus: Option<Bus>,
+    tap: Option<tokio::sync::mpsc::Sender<crate::access_log::AccessRecord>>,
+) -> Result<RouterHandle, ServerError> {
     let config = Arc::new(config);
     let registry = Arc::new(Registry::new(RegistrySettings::from_config(&config)));
     route_updates::load_static_routes(&registry, &config);
@@ -194,9 +205,10 @@ pub async fn start(
     let health = Arc::new(Health::default());
     let workers_count = config.effective_worker_threads();
     let metrics = Arc::new(Metrics::new(workers_count));
-    let access_log = match config.access_log.file.as_str() {
-        "" => None,
-        file => Some(AccessLog::open(file, metrics.clone())?),
+    let access_log = match (config.access_log.file.as_str(), tap) {
+        ("", None) => None,
+        ("", Some(tap)) => Some(AccessLog::tap_only(tap, metrics.clone())),
+        (file, tap) => Some(AccessLog::open(file, metrics.clone())?.with_tap(tap)),
     };
     let control_stop = CancellationToken::new();
     let stop = CancellationToken::new();

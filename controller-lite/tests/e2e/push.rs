@@ -170,6 +170,16 @@ async fn cli_binary_pushes_and_lists_apps() {
     .await;
     assert!(out.contains("[APP/PROC/WEB/"), "{out}");
     assert!(out.contains("[CELL/0] OUT Creating container"), "{out}");
+    // The router's access line for the request is in the app's logs too.
+    let out = eventually("the router's access line in the recent logs", || async {
+        let (ok, out, _) = tokio::task::block_in_place(|| run(&["logs", "clie", "--recent"]));
+        (ok && out
+            .lines()
+            .any(|l| l.contains("[RTR/") && l.contains("\"GET /app/x HTTP/1.1\" 200")))
+        .then_some(out)
+    })
+    .await;
+    assert!(out.contains("cli.localhost - ["), "{out}");
     p.stop().await;
 }
 
