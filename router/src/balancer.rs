@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use crate::config::Algorithm;
-use crate::route_table::{Endpoint, EndpointStats, Pool, clock_ms};
+use crate::route_table::{Endpoint, EndpointStats, Pool};
 
 /// An in-flight request on an endpoint; dropping it releases the slot.
 #[derive(Debug)]
@@ -54,7 +54,6 @@ pub fn pick(pool: &Pool, max_conns: u32, tried: &[Arc<str>]) -> Pick {
         return Pick::Exhausted;
     }
     let untried = |e: &&Arc<Endpoint>| !tried.iter().any(|t| **t == *e.key);
-    let now = clock_ms();
     match pool.algorithm {
         Algorithm::RoundRobin => {
             let len = endpoints.len();
@@ -64,7 +63,7 @@ pub fn pick(pool: &Pool, max_conns: u32, tried: &[Arc<str>]) -> Pick {
             // a second pass ignores the marks (gorouter clears them and goes on).
             for respect_failures in [true, false] {
                 for endpoint in ring.clone().filter(untried) {
-                    if respect_failures && endpoint.stats.is_failed(now) {
+                    if respect_failures && endpoint.stats.is_failed_now() {
                         continue;
                     }
                     if let Some(slot) = InFlight::try_acquire(&endpoint.stats, max_conns) {

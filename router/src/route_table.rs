@@ -79,6 +79,12 @@ impl EndpointStats {
         self.failed_until_ms.load(Ordering::Relaxed) > now_ms
     }
 
+    /// Whether a failure mark is in force now; reads the clock only if there is a mark.
+    pub fn is_failed_now(&self) -> bool {
+        let until = self.failed_until_ms.load(Ordering::Relaxed);
+        until != 0 && until > clock_ms()
+    }
+
     /// Removes a failure mark.
     pub fn clear_failed(&self) {
         self.failed_until_ms.store(0, Ordering::Relaxed);

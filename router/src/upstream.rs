@@ -170,7 +170,7 @@ async fn send_http1(
         key: endpoint.key.clone(),
         max_idle: settings.max_idle_per_host,
     };
-    let deadline = deadline.map(|d| Box::pin(tokio::time::sleep_until(d)));
+    let deadline = deadline.map(body::Deadline::at);
     Ok(exchange.into_response(UpstreamBody::http1(body, deadline)))
 }
 
@@ -314,12 +314,9 @@ async fn send_http2(
         ));
     }
     match with_deadline(deadline, sender.send_request(req)).await {
-        Ok(Ok(resp)) => Ok(resp.map(|inner| {
-            UpstreamBody::http2(
-                inner,
-                deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
-            )
-        })),
+        Ok(Ok(resp)) => {
+            Ok(resp.map(|inner| UpstreamBody::http2(inner, deadline.map(body::Deadline::at))))
+        }
         Ok(Err(err)) => Err(SendError::Failed(UpstreamError::Exchange(err))),
         Err(timeout) => Err(SendError::Failed(timeout)),
     }

@@ -20,7 +20,8 @@ pub const X_CF_APP_INSTANCE: HeaderName = HeaderName::from_static("x-cf-app-inst
 
 /// Headers that describe one hop, never forwarded (RFC 9110 7.6.1, plus the legacy ones
 /// Go's reverse proxy also drops).
-const HOP_BY_HOP: [HeaderName; 8] = [
+// A static, not a const: a const array of HeaderName is built and dropped at every use.
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),

@@ -26,7 +26,7 @@ use crate::balancer::{self, InFlight, Pick};
 use crate::config::Config;
 use crate::config::ForwardedClientCert;
 use crate::metrics::{Metrics, Outcome};
-use crate::route_table::{Endpoint, Pool, RouteTable, clock_ms};
+use crate::route_table::{Endpoint, Pool, RouteTable};
 use crate::upstream::{self, RequestBody, SendError, UpstreamSettings, UpstreamTls};
 use crate::websocket;
 use tokio_util::task::TaskTracker;
@@ -302,10 +302,9 @@ fn choose_endpoint(
         let slot = InFlight::try_acquire(&endpoint.stats, ctx.max_conns).ok_or_else(limit)?;
         return Ok((endpoint.clone(), slot));
     }
-    let now = clock_ms();
     if let Some(endpoint) = sticky_target
         .and_then(|id| pool.endpoint_by_instance_id(id))
-        .filter(|e| !tried.iter().any(|t| **t == *e.key) && !e.stats.is_failed(now))
+        .filter(|e| !tried.iter().any(|t| **t == *e.key) && !e.stats.is_failed_now())
         && let Some(slot) = InFlight::try_acquire(&endpoint.stats, ctx.max_conns)
     {
         return Ok((endpoint.clone(), slot));

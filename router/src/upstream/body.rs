@@ -9,7 +9,7 @@ use std::task::{Context, Poll, ready};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
 use super::connect::UpstreamIo;
 use super::http1::{BodyEvent, BodyReader, Conn, Http1Error};
@@ -107,7 +107,28 @@ enum Inner {
 /// enforced while it streams.
 pub struct UpstreamBody {
     inner: Inner,
-    deadline: Option<Pin<Box<Sleep>>>,
+    deadline: Option<Deadline>,
+}
+
+/// The request deadline while a body streams. The timer is armed only when the body has
+/// to wait for the endpoint: a body read in one go costs no timer at all.
+pub(super) struct Deadline {
+    at: Instant,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl Deadline {
+    pub(super) fn at(at: Instant) -> Self {
+        Deadline { at, timer: None }
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let at = self.at;
+        self.timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)))
+            .as_mut()
+            .poll(cx)
+    }
 }
 
 /// An error while streaming an upstream body.
@@ -122,14 +143,14 @@ pub enum UpstreamBodyError {
 }
 
 impl UpstreamBody {
-    pub(super) fn http1(body: Http1Body, deadline: Option<Pin<Box<Sleep>>>) -> Self {
+    pub(super) fn http1(body: Http1Body, deadline: Option<Deadline>) -> Self {
         UpstreamBody {
             inner: Inner::Http1(body),
             deadline,
         }
     }
 
-    pub(super) fn http2(body: Incoming, deadline: Option<Pin<Box<Sleep>>>) -> Self {
+    pub(super) fn http2(body: Incoming, deadline: Option<Deadline>) -> Self {
         UpstreamBody {
             inner: Inner::Http2(body),
             deadline,
@@ -191,7 +212,7 @@ impl Body for UpstreamBody {
         if polled.is_pending()
             && let Some(deadline) = &mut this.deadline
         {
-            ready!(deadline.as_mut().poll(cx));
+            ready!(deadline.poll(cx));
             if let Inner::Http1(body) = &mut this.inner {
                 body.conn = None;
             }
