@@ -25,11 +25,13 @@
 //! - [`tls`]: rustls configs: the TLS listener (SNI, ALPN, client certificates) and TLS
 //!   to endpoints.
 //! - [`server`]: `run(config, listeners, shutdown)`, which starts all of the above.
+//! - [`fuzzing`]: the fuzz targets' bodies (`fuzz/`), replayed by `tests/fuzz_corpus.rs`.
 
 pub mod access_log;
 pub mod balancer;
 pub mod bus;
 pub mod config;
+pub mod fuzzing;
 pub mod http;
 pub mod listener;
 pub mod metrics;

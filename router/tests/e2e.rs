@@ -12,8 +12,12 @@ mod config_cli;
 mod drain;
 #[path = "e2e/errors.rs"]
 mod errors;
+#[path = "e2e/faults.rs"]
+mod faults;
 #[path = "e2e/headers.rs"]
 mod headers;
+#[path = "e2e/hostile.rs"]
+mod hostile;
 #[path = "e2e/limits.rs"]
 mod limits;
 #[path = "e2e/nats.rs"]

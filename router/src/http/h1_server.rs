@@ -312,8 +312,7 @@ async fn write_response<I: AsyncWrite + Unpin>(
     out.extend_from_slice(b"\r\n");
     for (name, value) in &parts.headers {
         // Framing and connection headers are ours to set.
-        if name == TRANSFER_ENCODING || name == CONNECTION || (name == CONTENT_LENGTH && !bodiless)
-        {
+        if name == TRANSFER_ENCODING || name == CONNECTION || name == CONTENT_LENGTH {
             continue;
         }
         out.extend_from_slice(name.as_str().as_bytes());
@@ -329,6 +328,18 @@ async fn write_response<I: AsyncWrite + Unpin>(
     if let (false, Some(n)) = (bodiless, exact) {
         out.extend_from_slice(b"content-length: ");
         out.extend_from_slice(n.to_string().as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    // A HEAD or 304 answer keeps the app's Content-Length (the size of the full answer),
+    // if it is one valid length: the app's bytes are not checked when no body follows.
+    // Never on 1xx and 204 (RFC 9110 8.6).
+    if bodiless
+        && !status.is_informational()
+        && status != StatusCode::NO_CONTENT
+        && let Some(len) = bodiless_length(&parts.headers)
+    {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(len.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
     if chunked {
@@ -499,6 +510,16 @@ async fn write_431<I: AsyncWrite + Unpin>(io: &mut I) -> std::io::Result<()> {
     .await?;
     io.flush().await?;
     io.shutdown().await
+}
+
+/// The app's Content-Length of a bodiless answer, if it is one decimal length (repeats
+/// of the same value count as one).
+fn bodiless_length(headers: &http::HeaderMap) -> Option<&http::HeaderValue> {
+    let mut values = headers.get_all(CONTENT_LENGTH).iter();
+    let first = values.next()?;
+    let bytes = first.as_bytes();
+    let valid = !bytes.is_empty() && bytes.len() <= 19 && bytes.iter().all(u8::is_ascii_digit);
+    (valid && values.all(|v| v == first)).then_some(first)
 }
 
 fn reason(status: StatusCode) -> &'static str {

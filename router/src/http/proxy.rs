@@ -184,7 +184,9 @@ async fn proxy(
         sticky::requested_instance(req.headers(), &ctx.sticky_cookie_names).map(str::to_owned);
 
     let downstream_version = req.version();
-    let upgrade = websocket::requested_upgrade(req.headers());
+    // Upgrade is HTTP/1.1's: ignored in an HTTP/1.0 request (RFC 9110 7.8), as hyper does.
+    let upgrade = websocket::requested_upgrade(req.headers())
+        .filter(|_| downstream_version == Version::HTTP_11);
     // hyper's server leaves the client's side of an upgrade in the request; the native
     // HTTP/1 server keeps the connection and pipes it itself.
     let downstream_upgrade = upgrade

@@ -101,11 +101,13 @@ pub fn vcap_id_cookie(
     if !valid_value {
         return None;
     }
-    let path = if context_path.is_empty() {
-        "/"
-    } else {
-        context_path
-    };
+    // A route's path may hold `;`: dropped, as Go's http.Cookie (gorouter) drops it and
+    // controls, or `/x;Domain=...` would add attributes to the cookie.
+    let path: String = context_path
+        .chars()
+        .filter(|c| (' '..='~').contains(c) && *c != ';')
+        .collect();
+    let path = if path.is_empty() { "/" } else { &path };
     let mut cookie = format!("{VCAP_ID}={instance_id}; Path={path}; HttpOnly");
     let session = session.cloned().unwrap_or_default();
     if session.secure || secure_cookies {
@@ -175,5 +177,9 @@ mod tests {
             "__VCAP_ID__=i; Path=/; HttpOnly"
         );
         assert!(vcap_id_cookie("bad;id", "", None, false).is_none());
+        assert_eq!(
+            vcap_id_cookie("i", "/x;Domain=evil.example", None, false).unwrap(),
+            "__VCAP_ID__=i; Path=/xDomain=evil.example; HttpOnly"
+        );
     }
 }

@@ -275,9 +275,10 @@ fn is_disconnect(err: &io::Error) -> bool {
     )
 }
 
-/// Serialises a request head for an endpoint, choosing the body framing: the client's
-/// Content-Length when the body size is known, else chunked. Returns the head and whether
-/// the body is chunked.
+/// Serialises a request head for an endpoint, choosing the body framing from the body:
+/// one Content-Length when its size is known (a client's duplicate or listed values
+/// collapse to one, RFC 9110 8.6; an announced 0 is kept), else chunked. Returns the head
+/// and whether the body is chunked.
 pub fn request_head(parts: &http::request::Parts, body: &impl http_body::Body) -> (Vec<u8>, bool) {
     let mut head = Vec::with_capacity(512);
     head.extend_from_slice(parts.method.as_str().as_bytes());
@@ -287,8 +288,9 @@ pub fn request_head(parts: &http::request::Parts, body: &impl http_body::Body) -
     head.extend_from_slice(b" HTTP/1.1\r\n");
     let exact = body.size_hint().exact();
     let chunked = !body.is_end_stream() && exact.is_none();
+    let announced = parts.headers.contains_key(CONTENT_LENGTH);
     for (name, value) in &parts.headers {
-        if chunked && name == CONTENT_LENGTH {
+        if name == CONTENT_LENGTH {
             continue;
         }
         head.extend_from_slice(name.as_str().as_bytes());
@@ -298,9 +300,7 @@ pub fn request_head(parts: &http::request::Parts, body: &impl http_body::Body) -
     }
     if chunked {
         head.extend_from_slice(b"transfer-encoding: chunked\r\n");
-    } else if let Some(len) = exact.filter(|&n| n > 0)
-        && !parts.headers.contains_key(CONTENT_LENGTH)
-    {
+    } else if let Some(len) = exact.filter(|&n| n > 0 || announced) {
         head.extend_from_slice(format!("content-length: {len}\r\n").as_bytes());
     }
     head.extend_from_slice(b"\r\n");
