@@ -1,0 +1,68 @@
+//! Route lookup: `RouteTable::lookup(host, path)` on a published snapshot, as the request
+//! path does it (one `ArcSwap` load, then the lookup), for an exact host, a wildcard host
+//! and a context path, at 1 000 and 100 000 routes, plus a miss.
+//!
+//! Each iteration looks up the next of 1 024 different requests spread over the table, so
+//! caches see a realistic mix rather than one hot key. Hosts arrive mixed-case, some with
+//! a port, and are normalised by the lookup.
+//!
+//! Run: `cargo bench -p benches --bench route_lookup`
+//! (quick: `cargo bench -p benches --bench route_lookup -- --warm-up-time 1 --measurement-time 2`)
+//!
+//! Last figures (2026-11-21, 2-core VM shared with other builds, pinned to CPU 1,
+//! `--warm-up-time 1 --measurement-time 3`; criterion's estimate per lookup):
+//!   exact 92 ns, wildcard 109 ns, context_path 90 ns, miss 150 ns at 1 000 routes;
+//!   exact 129 ns, wildcard 131 ns, context_path 157 ns, miss 154 ns at 100 000 routes.
+#![allow(clippy::unwrap_used)]
+
+use std::hint::black_box;
+
+use benches::fixtures::{self, RouteKind};
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+
+fn lookups(c: &mut Criterion) {
+    let mut group = c.benchmark_group("route_lookup");
+    for routes in [1_000usize, 100_000] {
+        let registry = fixtures::registry_with_routes(routes);
+        let table = registry.table();
+        for (name, kind) in [
+            ("exact", RouteKind::Exact),
+            ("wildcard", RouteKind::Wildcard),
+            ("context_path", RouteKind::ContextPath),
+        ] {
+            let requests: Vec<(String, String)> = fixtures::sample_indices(routes, kind, 1024)
+                .into_iter()
+                .map(fixtures::request_for)
+                .collect();
+            // Every request must find its route, or the figure means nothing.
+            for (host, path) in &requests {
+                assert!(table.load().lookup(host, path).is_some(), "{host}{path}");
+            }
+            let mut i = 0usize;
+            group.bench_function(BenchmarkId::new(name, routes), |b| {
+                b.iter(|| {
+                    let (host, path) = &requests[i % requests.len()];
+                    i = i.wrapping_add(1);
+                    let snapshot = table.load();
+                    black_box(snapshot.lookup(black_box(host), black_box(path)).is_some())
+                })
+            });
+        }
+        let misses: Vec<String> = (0..1024)
+            .map(|i| format!("unknown-{i}.apps.{}", fixtures::DOMAIN))
+            .collect();
+        let mut i = 0usize;
+        group.bench_function(BenchmarkId::new("miss", routes), |b| {
+            b.iter(|| {
+                let host = &misses[i % misses.len()];
+                i = i.wrapping_add(1);
+                let snapshot = table.load();
+                black_box(snapshot.lookup(black_box(host), "/").is_none())
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, lookups);
+criterion_main!(benches);
