@@ -211,7 +211,11 @@ async fn log_stream_follows_new_lines_of_the_app() {
         loop {
             let frame = body.frame().await.unwrap().unwrap();
             text.push_str(&String::from_utf8_lossy(frame.data_ref().unwrap()));
-            if let Some(line) = text.lines().find(|l| l.contains("GET /followed")) {
+            // The app's own line; the router's RTR line for the request comes too.
+            if let Some(line) = text
+                .lines()
+                .find(|l| l.contains("GET /followed") && l.contains("\"APP/PROC/WEB\""))
+            {
                 return line.to_owned();
             }
         }
