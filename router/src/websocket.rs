@@ -82,7 +82,8 @@ pub async fn pipe_upgraded(
     }
 }
 
-async fn deliver_read_ahead<A, B>(
+/// Delivers the bytes each side sent right behind its handshake to the other side.
+pub(crate) async fn deliver_read_ahead<A, B>(
     a: &mut A,
     a_read: Bytes,
     b: &mut B,
@@ -102,7 +103,13 @@ where
     Ok(())
 }
 
-async fn buffered<A, B>(mut a: A, a_read: Bytes, mut b: B, b_read: Bytes) -> io::Result<PipeStats>
+/// Delivers the read-ahead bytes, then copies both ways through a buffer (TLS sides).
+pub(crate) async fn buffered<A, B>(
+    mut a: A,
+    a_read: Bytes,
+    mut b: B,
+    b_read: Bytes,
+) -> io::Result<PipeStats>
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,

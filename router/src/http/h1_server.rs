@@ -452,43 +452,26 @@ where
     match (client.downcast::<TcpStream>(), upstream) {
         (Ok(client), tokio_util::either::Either::Left(mut up)) => {
             let mut client = *client;
-            deliver(&mut client, client_read_ahead, &mut up, upstream_read_ahead).await?;
+            crate::websocket::deliver_read_ahead(
+                &mut client,
+                client_read_ahead,
+                &mut up,
+                upstream_read_ahead,
+            )
+            .await?;
             crate::pipe::pipe_bidirectional(client, up).await
         }
-        (Ok(client), up) => buffered(*client, client_read_ahead, up, upstream_read_ahead).await,
+        (Ok(client), up) => {
+            crate::websocket::buffered(*client, client_read_ahead, up, upstream_read_ahead).await
+        }
         (Err(client), up) => match client.downcast::<I>() {
-            Ok(client) => buffered(*client, client_read_ahead, up, upstream_read_ahead).await,
+            Ok(client) => {
+                crate::websocket::buffered(*client, client_read_ahead, up, upstream_read_ahead)
+                    .await
+            }
             Err(_) => Err(std::io::Error::other("connection of an unexpected type")),
         },
     }
-}
-
-async fn deliver<A, B>(a: &mut A, a_read: Bytes, b: &mut B, b_read: Bytes) -> std::io::Result<()>
-where
-    A: AsyncWrite + Unpin,
-    B: AsyncWrite + Unpin,
-{
-    if !a_read.is_empty() {
-        b.write_all(&a_read).await?;
-    }
-    if !b_read.is_empty() {
-        a.write_all(&b_read).await?;
-    }
-    Ok(())
-}
-
-async fn buffered<A, B>(
-    mut a: A,
-    a_read: Bytes,
-    mut b: B,
-    b_read: Bytes,
-) -> std::io::Result<crate::pipe::PipeStats>
-where
-    A: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
-{
-    deliver(&mut a, a_read, &mut b, b_read).await?;
-    crate::pipe::copy_bidirectional_buffered(a, b).await
 }
 
 async fn write_error<I: AsyncWrite + Unpin>(io: &mut I, status: StatusCode) -> std::io::Result<()> {
