@@ -548,12 +548,7 @@ impl Config {
     /// The TTL of an endpoint: its own `stale_threshold_in_seconds` may only shorten
     /// `droplet_stale_threshold` (gorouter clamps 0 and larger values to the default).
     pub fn endpoint_ttl(&self, stale_threshold_in_seconds: u64) -> Duration {
-        let own = Duration::from_secs(stale_threshold_in_seconds);
-        if own.is_zero() || own > self.droplet_stale_threshold {
-            self.droplet_stale_threshold
-        } else {
-            own
-        }
+        endpoint_ttl(self.droplet_stale_threshold, stale_threshold_in_seconds)
     }
 
     /// Number of proxy worker threads to run.
@@ -563,6 +558,16 @@ impl Config {
         } else {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         }
+    }
+}
+
+/// An endpoint's TTL: its `stale_threshold_in_seconds` may only shorten `threshold`.
+pub fn endpoint_ttl(threshold: Duration, stale_threshold_in_seconds: u64) -> Duration {
+    let own = Duration::from_secs(stale_threshold_in_seconds);
+    if own.is_zero() || own > threshold {
+        threshold
+    } else {
+        own
     }
 }
 

@@ -5,7 +5,6 @@
 //! together and published as one snapshot, so a burst of registrations costs one publish.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::FutureExt;
@@ -220,15 +219,5 @@ async fn handle_message(
             }
         }
         _ => {}
-    }
-}
-
-/// How long after start `/health` waits before it reports healthy when routes come from
-/// the bus: long enough for emitters to answer `router.start` (gorouter waits the same).
-pub fn warm_up_delay(config: &Config) -> Duration {
-    if config.nats.hosts.is_empty() {
-        Duration::ZERO
-    } else {
-        config.start_response_delay_interval
     }
 }

@@ -40,12 +40,7 @@ impl RegistrySettings {
     }
 
     fn ttl(&self, stale_threshold_in_seconds: u64) -> Duration {
-        let own = Duration::from_secs(stale_threshold_in_seconds);
-        if own.is_zero() || own > self.droplet_stale_threshold {
-            self.droplet_stale_threshold
-        } else {
-            own
-        }
+        crate::config::endpoint_ttl(self.droplet_stale_threshold, stale_threshold_in_seconds)
     }
 }
 
