@@ -91,30 +91,37 @@ pub enum SendError {
 
 /// Sends `req` to `endpoint`. `upgrade` asks for a connection the response may take
 /// over (WebSocket): always HTTP/1.1, never returned to the pool after a 101.
-pub async fn send(
-    endpoint: &Endpoint,
+pub fn send<'a>(
+    endpoint: &'a Endpoint,
     req: Request<RequestBody>,
-    settings: &UpstreamSettings,
+    settings: &'a UpstreamSettings,
     started: Instant,
     upgrade: bool,
-) -> Result<Response<UpstreamBody>, SendError> {
+) -> impl std::future::Future<Output = Result<Response<UpstreamBody>, SendError>> + Send + 'a {
+    use futures_util::future::Either;
     let deadline =
         (!settings.request_timeout.is_zero()).then(|| started + settings.request_timeout);
+    // Not an `async fn`, so the request is not held twice (here and in the exchange).
+    // HTTP/2 is boxed: its futures are large, and inline they would grow every
+    // connection's task, idle ones included.
     if settings.http2 && endpoint.data.protocol == UpstreamProtocol::Http2 && !upgrade {
-        send_http2(endpoint, req, settings, deadline).await
+        Either::Left(Box::pin(send_http2(endpoint, req, settings, deadline)))
     } else {
-        send_http1(endpoint, req, settings, deadline, upgrade).await
+        let (parts, body) = req.into_parts();
+        Either::Right(send_http1(
+            endpoint, parts, body, settings, deadline, upgrade,
+        ))
     }
 }
 
 async fn send_http1(
     endpoint: &Endpoint,
-    req: Request<RequestBody>,
+    parts: http::request::Parts,
+    mut body: RequestBody,
     settings: &UpstreamSettings,
     deadline: Option<Instant>,
     upgrade: bool,
 ) -> Result<Response<UpstreamBody>, SendError> {
-    let (parts, mut body) = req.into_parts();
     let (head, chunked) = http1::request_head(&parts, &body);
     let not_sent =
         |err, parts, body| SendError::NotSent(err, Box::new(Request::from_parts(parts, body)));
@@ -123,7 +130,7 @@ async fn send_http1(
     // race), a bodiless request goes again on a fresh connection.
     let mut conn = match pool::checkout(&endpoint.key, settings.idle_timeout) {
         Some(conn) => conn,
-        None => match dial_http1(endpoint, settings).await {
+        None => match Box::pin(dial_http1(endpoint, settings)).await {
             Ok(conn) => conn,
             Err(err) => return Err(not_sent(err, parts, body)),
         },
@@ -154,7 +161,7 @@ async fn send_http1(
                 return Err(SendError::Failed(UpstreamError::Http1(err)));
             }
         }
-        conn = match dial_http1(endpoint, settings).await {
+        conn = match Box::pin(dial_http1(endpoint, settings)).await {
             Ok(conn) => conn,
             Err(err) => return Err(not_sent(err, parts, body)),
         };
@@ -342,14 +349,18 @@ async fn connect_http2(
     Ok(sender)
 }
 
-async fn with_deadline<F: std::future::Future>(
+/// `fut`, failed with [`UpstreamError::Timeout`] at `deadline`. Not an `async fn`: that
+/// would hold `fut` twice in its state (as argument and inside the timeout), and these
+/// futures live in every connection's task.
+fn with_deadline<F: std::future::Future>(
     deadline: Option<Instant>,
     fut: F,
-) -> Result<F::Output, UpstreamError> {
+) -> impl std::future::Future<Output = Result<F::Output, UpstreamError>> {
+    use futures_util::future::{Either, FutureExt as _};
     match deadline {
-        Some(deadline) => tokio::time::timeout_at(deadline, fut)
-            .await
-            .map_err(|_| UpstreamError::Timeout),
-        None => Ok(fut.await),
+        Some(deadline) => Either::Left(
+            tokio::time::timeout_at(deadline, fut).map(|r| r.map_err(|_| UpstreamError::Timeout)),
+        ),
+        None => Either::Right(fut.map(Ok)),
     }
 }

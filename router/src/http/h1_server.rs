@@ -8,6 +8,7 @@
 //!   server (prior knowledge); anything else is HTTP/1.
 //! - A head must arrive within `header_read_timeout` of the previous response (or of
 //!   accept); one timer per connection, reset per request. Idle connections close on stop.
+//! - Between requests a connection waits for readiness holding no buffers (`idle`).
 //! - Malformed heads get 400 (431, 501, 505, 417 as fits) and the connection closes.
 //! - A request with a body lends the connection's read side to the body while the proxy
 //!   runs; `Expect: 100-continue` is answered on the first read of it.
@@ -41,6 +42,7 @@ use crate::upstream::RequestBody;
 use crate::upstream::http1::{BodyReader, Framing};
 
 mod body;
+mod idle;
 pub mod request;
 
 pub use body::NativeBody;
@@ -80,10 +82,11 @@ pub async fn serve<I>(
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // No buffers until the first bytes arrive (see `idle`).
     let mut conn = Conn {
         io,
-        buf: BytesMut::with_capacity(8 * 1024),
-        out: Vec::with_capacity(4 * 1024),
+        buf: BytesMut::new(),
+        out: Vec::new(),
         fields: Vec::with_capacity(32),
     };
     let head_limit = settings.max_request_header_bytes + 64 * 1024;
@@ -128,8 +131,19 @@ where
                     }
                 }
             }
-            conn.buf.reserve(4 * 1024);
             let idle = conn.buf.is_empty();
+            if idle {
+                // Between requests (or before the first): wait without buffers.
+                idle::give_back(&mut conn.buf, &mut conn.out);
+                tokio::select! {
+                    () = idle::readable(&conn.io) => {}
+                    () = &mut deadline => return Start::Done,
+                    () = stop.cancelled() => return Start::Done,
+                }
+                conn.buf = idle::take_read_buffer();
+                conn.out = idle::take_write_buffer();
+            }
+            conn.buf.reserve(4 * 1024);
             let read = tokio::select! {
                 read = conn.io.read_buf(&mut conn.buf) => read,
                 () = &mut deadline => return Start::Done,
@@ -212,7 +226,9 @@ where
             }
             Ok(Next::Upgrade(upstream, read_ahead, in_flight)) => {
                 let leftover = std::mem::take(&mut conn.buf).freeze();
-                let piped = pipe_upgraded(conn.io, leftover, upstream, read_ahead).await;
+                // Boxed: upgrades are rare, and the pipe's future inline would grow every
+                // connection's task.
+                let piped = Box::pin(pipe_upgraded(conn.io, leftover, upstream, read_ahead)).await;
                 if let Err(err) = piped {
                     tracing::debug!(error = %err, "upgraded connection ended with an error");
                 }
