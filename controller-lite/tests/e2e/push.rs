@@ -33,10 +33,15 @@ async fn instances_get_the_cf_runtime_environment() {
     assert_eq!(guids.len(), 2, "each instance has its own CF_INSTANCE_GUID");
     for s in &stats {
         let pid = s["pid"].as_u64().unwrap();
-        // The app runs under `sh`; its child is the Python process with the environment.
+        // The app runs under `sh`, next to the agent's watchdog (a forked `sh`, see
+        // `agent::instance::LIFELINE`): the child that is not a shell is the Python
+        // process with the environment.
         let child = crate::support::children(pid)
-            .first()
-            .copied()
+            .into_iter()
+            .find(|c| {
+                std::fs::read_to_string(format!("/proc/{c}/comm"))
+                    .is_ok_and(|comm| comm.trim() != "sh")
+            })
             .unwrap_or(pid);
         let env = std::fs::read(format!("/proc/{child}/environ")).unwrap();
         let env: Vec<String> = env
