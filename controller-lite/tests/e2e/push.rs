@@ -67,8 +67,33 @@ async fn instances_get_the_cf_runtime_environment() {
         assert_eq!(vcap["application_uris"][0], "envy.localhost");
         assert_eq!(vcap["limits"]["mem"], 128);
         assert!(get("CONTROLLER_LITE_TOKEN").is_none());
+        assert_memory_limit(child, 128);
     }
     p.stop().await;
+}
+
+/// The app process is held to `mb`: by its own cgroup's `memory.max` where the agent
+/// could create cgroups (v2, delegated), else by RLIMIT_AS (`agent::limits`).
+fn assert_memory_limit(pid: u64, mb: u64) {
+    let bytes = mb * 1024 * 1024;
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let own = cgroups
+        .lines()
+        .filter_map(|l| l.strip_prefix("0::"))
+        .find(|path| path.contains("/controller-lite-"));
+    if let Some(path) = own {
+        let max = std::fs::read_to_string(format!("/sys/fs/cgroup{path}/memory.max")).unwrap();
+        assert_eq!(max.trim(), bytes.to_string(), "memory.max of {path}");
+        return;
+    }
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    // `Max address space   SOFT   HARD   bytes`
+    let soft = limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max address space"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap();
+    assert_eq!(soft, bytes.to_string(), "RLIMIT_AS of the app:\n{limits}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
