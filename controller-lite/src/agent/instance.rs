@@ -7,6 +7,9 @@
 //!              \            \--exit/timeout--> CRASHED
 //!               stop (any time): SIGTERM the group, SIGKILL after 10 s -> Stopped
 //! ```
+//!
+//! Instances do not outlive their agent, as containers die with a Diego cell: see
+//! [`LIFELINE`].
 
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
@@ -34,6 +37,24 @@ const STARTING_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 const RUNNING_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 /// Timeout of one health check.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The first lines of every instance's shell: a watchdog that SIGKILLs the instance's
+/// process group once the agent is gone.
+///
+/// The agent keeps the write end of the instance's stdin pipe and never writes to it; the
+/// kernel closes it when the agent exits, however it exits (even SIGKILL, which no
+/// handler of ours sees). The watchdog, a background subshell in the instance's process
+/// group, then reads EOF and kills the whole group. Without it, the instances of a
+/// killed agent would run on as orphans that nobody supervises, while the controller
+/// starts replacements elsewhere. `PR_SET_PDEATHSIG` would need `pre_exec` (unsafe
+/// code), would only reach the shell, not the app it forks, and fires when the spawning
+/// thread exits rather than the agent process.
+///
+/// The main shell hands the pipe (fd 3) to the watchdog only, and gives the app
+/// `/dev/null` as stdin as before. A stop's SIGTERM to the group ends the watchdog too.
+const LIFELINE: &str = "exec 3<&0 </dev/null\n\
+    { read -r _ <&3; kill -s KILL 0; } >/dev/null 2>&1 &\n\
+    exec 3<&-\n";
 
 /// What the agent needs to start an instance.
 #[derive(Debug, Clone)]
@@ -208,6 +229,8 @@ async fn run(
         Err(e) => return End::Crashed(format!("failed to start /bin/sh: {e}")),
     };
     let pid = child.id();
+    // Held until the instance is over: dropping it lets the watchdog kill the group.
+    let lifeline = child.stdin.take();
     if let (Some(cg), Some(pid)) = (&cgroup, pid)
         && let Err(e) = limits::enter_cgroup(cg, pid)
     {
@@ -221,6 +244,7 @@ async fn run(
         "Starting health monitoring of container (port {port})"
     ));
     let end = supervise(spec, stop, emit, &mut child, pid, port).await;
+    drop(lifeline);
     if let Some(cg) = &cgroup {
         limits::remove_cgroup(cg);
     }
@@ -234,7 +258,11 @@ fn command(
     tmp_dir: &std::path::Path,
 ) -> Command {
     let d = &spec.desired;
-    let script = format!("{}{}", spec.memory.shell_prologue(d.memory_mb), d.command);
+    let script = format!(
+        "{LIFELINE}{}{}",
+        spec.memory.shell_prologue(d.memory_mb),
+        d.command
+    );
     let vcap_application = serde_json::json!({
         "application_id": d.key.app_guid,
         "application_name": d.app_name,
@@ -258,7 +286,8 @@ fn command(
     cmd.arg("-c")
         .arg(script)
         .current_dir(app_dir)
-        .stdin(Stdio::null())
+        // The lifeline: see [`LIFELINE`].
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         // Its own process group, so stop and crash clean-up reach every descendant.
@@ -462,5 +491,82 @@ async fn pump(
         if sent.is_err() {
             break;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+
+    /// Whether `pid` is gone: no such process, or a zombie (an orphan's zombie stays
+    /// until an init that reaps it does).
+    fn gone(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+            stat.rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('Z'))
+        })
+    }
+
+    fn shell(script: &str) -> Child {
+        Command::new("/bin/sh")
+            .arg("-c")
+            .arg(format!("{LIFELINE}{script}"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn closing_the_lifeline_kills_the_whole_group() {
+        // A background descendant, as apps that fork have: it must die too.
+        let mut child = shell("sleep 60 &\necho $!\nsleep 60");
+        let lifeline = child.stdin.take();
+        let mut out = child.stdout.take().unwrap();
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while out.read(&mut byte).await.unwrap() == 1 && byte[0] != b'\n' {
+            line.push(byte[0]);
+        }
+        let descendant: u32 = String::from_utf8(line).unwrap().trim().parse().unwrap();
+        assert!(!gone(descendant));
+
+        drop(lifeline);
+        let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+            .await
+            .expect("the shell dies once the lifeline is closed")
+            .unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9)
+        );
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !gone(descendant) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "descendant survived"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_held_lifeline_is_not_the_apps_stdin() {
+        // `cat` reads /dev/null and ends at once; the lifeline stays open meanwhile.
+        let mut child = shell("cat\necho done");
+        let _lifeline = child.stdin.take();
+        let mut out = child.stdout.take().unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+            .await
+            .expect("the app's stdin is /dev/null, not the lifeline")
+            .unwrap();
+        assert!(status.success());
+        let mut text = String::new();
+        out.read_to_string(&mut text).await.unwrap();
+        assert_eq!(text, "done\n");
     }
 }

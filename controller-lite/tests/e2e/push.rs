@@ -33,10 +33,15 @@ async fn instances_get_the_cf_runtime_environment() {
     assert_eq!(guids.len(), 2, "each instance has its own CF_INSTANCE_GUID");
     for s in &stats {
         let pid = s["pid"].as_u64().unwrap();
-        // The app runs under `sh`; its child is the Python process with the environment.
+        // The app runs under `sh`, next to the agent's watchdog (a forked `sh`, see
+        // `agent::instance::LIFELINE`): the child that is not a shell is the Python
+        // process with the environment.
         let child = crate::support::children(pid)
-            .first()
-            .copied()
+            .into_iter()
+            .find(|c| {
+                std::fs::read_to_string(format!("/proc/{c}/comm"))
+                    .is_ok_and(|comm| comm.trim() != "sh")
+            })
             .unwrap_or(pid);
         let env = std::fs::read(format!("/proc/{child}/environ")).unwrap();
         let env: Vec<String> = env
@@ -62,8 +67,33 @@ async fn instances_get_the_cf_runtime_environment() {
         assert_eq!(vcap["application_uris"][0], "envy.localhost");
         assert_eq!(vcap["limits"]["mem"], 128);
         assert!(get("CONTROLLER_LITE_TOKEN").is_none());
+        assert_memory_limit(child, 128);
     }
     p.stop().await;
+}
+
+/// The app process is held to `mb`: by its own cgroup's `memory.max` where the agent
+/// could create cgroups (v2, delegated), else by RLIMIT_AS (`agent::limits`).
+fn assert_memory_limit(pid: u64, mb: u64) {
+    let bytes = mb * 1024 * 1024;
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let own = cgroups
+        .lines()
+        .filter_map(|l| l.strip_prefix("0::"))
+        .find(|path| path.contains("/controller-lite-"));
+    if let Some(path) = own {
+        let max = std::fs::read_to_string(format!("/sys/fs/cgroup{path}/memory.max")).unwrap();
+        assert_eq!(max.trim(), bytes.to_string(), "memory.max of {path}");
+        return;
+    }
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    // `Max address space   SOFT   HARD   bytes`
+    let soft = limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max address space"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap();
+    assert_eq!(soft, bytes.to_string(), "RLIMIT_AS of the app:\n{limits}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
