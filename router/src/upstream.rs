@@ -166,6 +166,8 @@ async fn send_http1(
             Err(err) => return Err(not_sent(err, parts, body)),
         };
     };
+    // The request went out: its header map serves the next request head.
+    crate::http::headers::recycle_map(parts.headers);
     if exchange.status == http::StatusCode::SWITCHING_PROTOCOLS && upgrade {
         let (io, read_ahead) = conn.into_upgraded();
         return Ok(exchange.into_response(UpstreamBody::upgraded(io, read_ahead)));

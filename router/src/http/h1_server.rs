@@ -343,7 +343,7 @@ async fn write_response<I: AsyncWrite + Unpin>(
     }
     if let (false, Some(n)) = (bodiless, exact) {
         out.extend_from_slice(b"content-length: ");
-        out.extend_from_slice(n.to_string().as_bytes());
+        out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
         out.extend_from_slice(b"\r\n");
     }
     // A HEAD or 304 answer keeps the app's Content-Length (the size of the full answer),
@@ -371,6 +371,7 @@ async fn write_response<I: AsyncWrite + Unpin>(
         out.extend_from_slice(b"connection: keep-alive\r\n");
     }
     out.extend_from_slice(b"\r\n");
+    super::headers::recycle_map(parts.headers);
 
     if let Some((io, read_ahead, in_flight)) = upgrade {
         conn.io.write_all(&conn.out).await?;
@@ -407,8 +408,7 @@ async fn write_response<I: AsyncWrite + Unpin>(
                 if let Some(data) = frame.data_ref() {
                     if !data.is_empty() {
                         if chunked {
-                            conn.out
-                                .extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                            push_chunk_size(&mut conn.out, data.len());
                         }
                         if data.len() <= COALESCE {
                             conn.out.extend_from_slice(data);
@@ -521,6 +521,23 @@ fn bodiless_length(headers: &http::HeaderMap) -> Option<&http::HeaderValue> {
     (valid && values.all(|v| v == first)).then_some(first)
 }
 
+/// Appends a chunk-size line: `len` in hex, then CRLF (no allocation, unlike `format!`).
+fn push_chunk_size(out: &mut Vec<u8>, len: usize) {
+    let mut digits = [0u8; 2 * std::mem::size_of::<usize>()];
+    let mut at = digits.len();
+    let mut rest = len;
+    loop {
+        at -= 1;
+        digits[at] = b"0123456789abcdef"[rest & 0xf];
+        rest >>= 4;
+        if rest == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+    out.extend_from_slice(b"\r\n");
+}
+
 fn reason(status: StatusCode) -> &'static str {
     match status.as_u16() {
         496 => "SSL Certificate Required",
@@ -547,4 +564,24 @@ fn with_http_date(f: impl FnOnce(&[u8])) {
         }
         f(text);
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_sizes_are_lowercase_hex_lines() {
+        for (len, line) in [
+            (0usize, "0\r\n"),
+            (9, "9\r\n"),
+            (10, "a\r\n"),
+            (4096, "1000\r\n"),
+            (usize::MAX, "ffffffffffffffff\r\n"),
+        ] {
+            let mut out = b"x".to_vec();
+            push_chunk_size(&mut out, len);
+            assert_eq!(out, [b"x", line.as_bytes()].concat(), "{len}");
+        }
+    }
 }

@@ -119,7 +119,7 @@ pub fn rewrite_request(headers: &mut HeaderMap, downstream: &Downstream, request
         let ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        headers.insert(X_REQUEST_START, HeaderValue::from(ms));
+        headers.insert(X_REQUEST_START, decimal_value(ms));
     }
     headers.insert(X_VCAP_REQUEST_ID, request_id.clone());
 }
@@ -183,7 +183,76 @@ fn append_forwarded_for(headers: &mut HeaderMap, downstream: &Downstream) {
 pub fn new_request_id() -> HeaderValue {
     let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
     let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
-    HeaderValue::from_str(text).unwrap_or(HeaderValue::from_static("-"))
+    small_value(text.as_bytes()).unwrap_or(HeaderValue::from_static("-"))
+}
+
+/// `n` in decimal as a header value (Content-Length, X-Request-Start).
+pub fn decimal_value(n: u64) -> HeaderValue {
+    let mut digits = itoa::Buffer::new();
+    // Digits are always a valid value.
+    small_value(digits.format(n).as_bytes()).unwrap_or(HeaderValue::from_static("0"))
+}
+
+/// Spare header maps per worker thread: a request and its response each need one, and
+/// a cleared map keeps its memory, so reusing them saves four allocations per request.
+const MAX_SPARE_MAPS: usize = 64;
+/// Maps grown past this (a request with many headers) are freed rather than kept.
+const MAX_KEPT_CAPACITY: usize = 64;
+
+thread_local! {
+    static SPARE_MAPS: std::cell::RefCell<Vec<HeaderMap>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// An empty header map with room for `capacity` entries.
+pub fn take_map(capacity: usize) -> HeaderMap {
+    match SPARE_MAPS.try_with(|spare| spare.borrow_mut().pop()) {
+        Ok(Some(mut map)) => {
+            map.reserve(capacity);
+            map
+        }
+        _ => HeaderMap::with_capacity(capacity),
+    }
+}
+
+/// Gives a header map that is no longer needed back for [`take_map`].
+pub fn recycle_map(mut map: HeaderMap) {
+    if map.capacity() > MAX_KEPT_CAPACITY {
+        return;
+    }
+    map.clear();
+    let _ = SPARE_MAPS.try_with(|spare| {
+        if let Ok(mut spare) = spare.try_borrow_mut()
+            && spare.len() < MAX_SPARE_MAPS
+        {
+            spare.push(map);
+        }
+    });
+}
+
+/// Block that small per-request values are carved from.
+const VALUE_BLOCK: usize = 4096;
+
+thread_local! {
+    static VALUE_BLOCKS: std::cell::RefCell<bytes::BytesMut> =
+        std::cell::RefCell::new(bytes::BytesMut::new());
+}
+
+/// A header value holding a copy of `bytes`, or `None` if they are not a valid value.
+/// Values are carved from a per-thread block shared by reference count, so making one
+/// (and cloning it, for the response) costs no allocation: `HeaderValue::from_str` would
+/// allocate once, and again at the first clone.
+pub fn small_value(bytes: &[u8]) -> Option<HeaderValue> {
+    let shared = VALUE_BLOCKS
+        .try_with(|block| {
+            let mut block = block.borrow_mut();
+            if block.capacity() < bytes.len() {
+                *block = bytes::BytesMut::with_capacity(VALUE_BLOCK.max(bytes.len()));
+            }
+            block.extend_from_slice(bytes);
+            block.split().freeze()
+        })
+        .unwrap_or_else(|_| bytes::Bytes::copy_from_slice(bytes));
+    HeaderValue::from_maybe_shared(shared).ok()
 }
 
 /// Rewrites an app's response headers for the client.

@@ -387,7 +387,7 @@ fn parse_response_head(
     let head = buf.split_to(len).freeze();
     let mut headers = FIELDS.with_borrow(|fields| {
         // Room for what the proxy adds: the request id, a sticky cookie.
-        let mut headers = HeaderMap::with_capacity(fields.len() + 2);
+        let mut headers = crate::http::headers::take_map(fields.len() + 2);
         for &[name, name_len, value, value_len] in fields.iter() {
             let name = HeaderName::from_bytes(&head[name..name + name_len])
                 .map_err(|_| Http1Error::Malformed("invalid header name"))?;
@@ -415,8 +415,11 @@ fn parse_response_head(
         Framing::Chunked | Framing::UntilClose => {
             headers.remove(CONTENT_LENGTH);
         }
+        // One length, as the app wrote it, passes as is; repeats or odd spellings
+        // ("007", "5, 5") are replaced by the one length we read by.
+        Framing::Length(_) if is_canonical_length(&headers) => {}
         Framing::Length(n) => {
-            headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
+            headers.insert(CONTENT_LENGTH, crate::http::headers::decimal_value(n));
         }
         Framing::Empty => {}
     }
@@ -475,6 +478,20 @@ fn response_framing(
         Some(n) => Framing::Length(n),
         None => Framing::UntilClose,
     })
+}
+
+/// Exactly one Content-Length, in plain decimal without leading zeros.
+fn is_canonical_length(headers: &HeaderMap) -> bool {
+    let mut values = headers.get_all(CONTENT_LENGTH).iter();
+    match (values.next(), values.next()) {
+        (Some(value), None) => {
+            let bytes = value.as_bytes();
+            !bytes.is_empty()
+                && bytes.iter().all(u8::is_ascii_digit)
+                && (bytes.len() == 1 || bytes[0] != b'0')
+        }
+        _ => false,
+    }
 }
 
 fn has_token(headers: &HeaderMap, name: HeaderName, token: &[u8]) -> bool {

@@ -95,7 +95,7 @@ pub fn parse<const N: usize>(
 
     let uri = Uri::from_maybe_shared(head.slice(target.0..target.0 + target.1))
         .map_err(|_| HeadError::Malformed("invalid request target"))?;
-    let mut headers = HeaderMap::with_capacity(fields.len() + ADDED_HEADERS);
+    let mut headers = crate::http::headers::take_map(fields.len() + ADDED_HEADERS);
     for &[name, name_len, value, value_len] in fields.iter() {
         let name = HeaderName::from_bytes(&head[name..name + name_len])
             .map_err(|_| HeadError::Malformed("invalid header name"))?;
