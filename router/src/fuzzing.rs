@@ -218,7 +218,7 @@ pub fn header_rewrite(data: &[u8]) {
 
     let request_id = headers::new_request_id();
     let mut req = original.clone();
-    headers::rewrite_request(&mut req, &downstream, &request_id);
+    headers::rewrite_request(&mut req, &downstream, &request_id).insert_into(None, &mut req);
     let listed = connection_listed(&original);
     let te_listed = listed.iter().any(|n| n == "te");
     let readded = [

@@ -16,6 +16,7 @@ use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::time::Instant;
 
+use crate::http::headers::AddedHeaders;
 use crate::route_table::{Endpoint, UpstreamProtocol};
 use crate::tls::TlsFailure;
 
@@ -94,6 +95,7 @@ pub enum SendError {
 pub fn send<'a>(
     endpoint: &'a Endpoint,
     req: Request<RequestBody>,
+    added: &'a AddedHeaders,
     settings: &'a UpstreamSettings,
     started: Instant,
     upgrade: bool,
@@ -105,11 +107,13 @@ pub fn send<'a>(
     // HTTP/2 is boxed: its futures are large, and inline they would grow every
     // connection's task, idle ones included.
     if settings.http2 && endpoint.data.protocol == UpstreamProtocol::Http2 && !upgrade {
-        Either::Left(Box::pin(send_http2(endpoint, req, settings, deadline)))
+        Either::Left(Box::pin(send_http2(
+            endpoint, req, added, settings, deadline,
+        )))
     } else {
         let (parts, body) = req.into_parts();
         Either::Right(send_http1(
-            endpoint, parts, body, settings, deadline, upgrade,
+            endpoint, parts, body, added, settings, deadline, upgrade,
         ))
     }
 }
@@ -118,11 +122,12 @@ async fn send_http1(
     endpoint: &Endpoint,
     parts: http::request::Parts,
     mut body: RequestBody,
+    added: &AddedHeaders,
     settings: &UpstreamSettings,
     deadline: Option<Instant>,
     upgrade: bool,
 ) -> Result<Response<UpstreamBody>, SendError> {
-    let (head, chunked) = http1::request_head(&parts, &body);
+    let (head, chunked) = http1::request_head(&parts, &body, added, endpoint);
     let not_sent =
         |err, parts, body| SendError::NotSent(err, Box::new(Request::from_parts(parts, body)));
 
@@ -286,9 +291,13 @@ async fn dial_http1(
 async fn send_http2(
     endpoint: &Endpoint,
     mut req: Request<RequestBody>,
+    added: &AddedHeaders,
     settings: &UpstreamSettings,
     deadline: Option<Instant>,
 ) -> Result<Response<UpstreamBody>, SendError> {
+    // hyper's HTTP/2 client takes headers from the map only. A request handed back
+    // unsent keeps them: harmless, the next attempt inserts over them.
+    added.insert_into(Some(endpoint), req.headers_mut());
     // HTTP/2 carries the authority and scheme as pseudo-headers: give the target both.
     let authority = req
         .headers()

@@ -106,22 +106,121 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Rewrites request headers for the app: hop-by-hop removal, forwarding headers, request
-/// id and request start time. Done once per request, whatever the number of attempts.
-pub fn rewrite_request(headers: &mut HeaderMap, downstream: &Downstream, request_id: &HeaderValue) {
-    remove_hop_by_hop(headers);
-    append_forwarded_for(headers, downstream);
-    if !headers.contains_key(X_FORWARDED_PROTO) {
-        let proto = if downstream.tls { "https" } else { "http" };
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+/// The headers the router adds to a request for the app. They travel beside the
+/// client's header map and are written after its lines (or inserted into it, for
+/// HTTP/2): cheaper than inserting each into the map, which hashes every name, and the
+/// same for every attempt of a retried request.
+#[derive(Debug, Clone)]
+pub struct AddedHeaders {
+    /// The client's X-Forwarded-For values joined, then the client's address.
+    pub forwarded_for: HeaderValue,
+    /// `None`: the client sent its own X-Forwarded-Proto, which passes.
+    pub forwarded_proto: Option<HeaderValue>,
+    /// `None`: the client sent its own X-Request-Start, which passes.
+    pub request_start: Option<HeaderValue>,
+    pub request_id: HeaderValue,
+}
+
+impl AddedHeaders {
+    /// The lines, with the endpoint's (X-CF-ApplicationID and friends), for an HTTP/1
+    /// request head.
+    pub fn write_http1(&self, endpoint: &Endpoint, head: &mut Vec<u8>) {
+        let mut line = |name: &HeaderName, value: &HeaderValue| {
+            head.extend_from_slice(name.as_str().as_bytes());
+            head.extend_from_slice(b": ");
+            head.extend_from_slice(value.as_bytes());
+            head.extend_from_slice(b"\r\n");
+        };
+        line(&X_FORWARDED_FOR, &self.forwarded_for);
+        if let Some(proto) = &self.forwarded_proto {
+            line(&X_FORWARDED_PROTO, proto);
+        }
+        if let Some(start) = &self.request_start {
+            line(&X_REQUEST_START, start);
+        }
+        line(&X_VCAP_REQUEST_ID, &self.request_id);
+        line(&X_CF_APPLICATION_ID, &endpoint.headers.app_id);
+        line(&X_CF_INSTANCE_INDEX, &endpoint.headers.instance_index);
+        line(&X_CF_INSTANCE_ID, &endpoint.headers.instance_id);
     }
-    if !headers.contains_key(X_REQUEST_START) {
+
+    /// Inserts them, with the endpoint's if given, into `headers` (HTTP/2 requests).
+    pub fn insert_into(&self, endpoint: Option<&Endpoint>, headers: &mut HeaderMap) {
+        headers.insert(X_FORWARDED_FOR, self.forwarded_for.clone());
+        if let Some(proto) = &self.forwarded_proto {
+            headers.insert(X_FORWARDED_PROTO, proto.clone());
+        }
+        if let Some(start) = &self.request_start {
+            headers.insert(X_REQUEST_START, start.clone());
+        }
+        headers.insert(X_VCAP_REQUEST_ID, self.request_id.clone());
+        if let Some(endpoint) = endpoint {
+            headers.insert(X_CF_APPLICATION_ID, endpoint.headers.app_id.clone());
+            headers.insert(X_CF_INSTANCE_INDEX, endpoint.headers.instance_index.clone());
+            headers.insert(X_CF_INSTANCE_ID, endpoint.headers.instance_id.clone());
+        }
+    }
+}
+
+/// Headers of the client's that [`AddedHeaders`] replaces or decides on.
+static ADDED: [HeaderName; 7] = [
+    X_FORWARDED_FOR,
+    X_FORWARDED_PROTO,
+    X_REQUEST_START,
+    X_VCAP_REQUEST_ID,
+    X_CF_APPLICATION_ID,
+    X_CF_INSTANCE_INDEX,
+    X_CF_INSTANCE_ID,
+];
+
+/// Rewrites request headers for the app: removes hop-by-hop headers and the client's
+/// versions of the headers the router sets, and returns what the router adds
+/// (X-Forwarded-For, X-Forwarded-Proto, X-Request-Start, X-Vcap-Request-Id; the
+/// endpoint's X-CF-* per attempt). Done once per request, whatever the attempts.
+#[must_use = "the added headers must be sent"]
+pub fn rewrite_request(
+    headers: &mut HeaderMap,
+    downstream: &Downstream,
+    request_id: &HeaderValue,
+) -> AddedHeaders {
+    remove_hop_by_hop(headers);
+    // One pass over the names (comparisons, no hashing): most requests carry none of
+    // these, and then the map is not touched again.
+    let mut present = [false; ADDED.len()];
+    for name in headers.keys() {
+        if let Some(i) = ADDED.iter().position(|added| added == name) {
+            present[i] = true;
+        }
+    }
+    let [xff, xfp, start, id, app_id, index, instance_id] = present;
+    let forwarded_for = if xff {
+        let joined = forwarded_for(headers, downstream);
+        headers.remove(X_FORWARDED_FOR);
+        joined
+    } else {
+        downstream.client_ip_header.clone()
+    };
+    let forwarded_proto =
+        (!xfp).then(|| HeaderValue::from_static(if downstream.tls { "https" } else { "http" }));
+    let request_start = (!start).then(|| {
         let ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        headers.insert(X_REQUEST_START, decimal_value(ms));
+        decimal_value(ms)
+    });
+    for (name, _) in ADDED
+        .iter()
+        .zip([false, false, false, id, app_id, index, instance_id])
+        .filter(|(_, present)| *present)
+    {
+        headers.remove(name);
     }
-    headers.insert(X_VCAP_REQUEST_ID, request_id.clone());
+    AddedHeaders {
+        forwarded_for,
+        forwarded_proto,
+        request_start,
+        request_id: request_id.clone(),
+    }
 }
 
 pub const X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
@@ -150,20 +249,12 @@ pub fn forward_client_cert(
     }
 }
 
-/// Tells the app which endpoint the request was sent to (set again on each attempt).
-pub fn set_endpoint_headers(headers: &mut HeaderMap, endpoint: &Endpoint) {
-    headers.insert(X_CF_APPLICATION_ID, endpoint.headers.app_id.clone());
-    headers.insert(X_CF_INSTANCE_INDEX, endpoint.headers.instance_index.clone());
-    headers.insert(X_CF_INSTANCE_ID, endpoint.headers.instance_id.clone());
-}
-
-/// Appends the client's address to X-Forwarded-For, joining earlier values into one
-/// header as Go's reverse proxy does.
-fn append_forwarded_for(headers: &mut HeaderMap, downstream: &Downstream) {
+/// The client's X-Forwarded-For values joined into one, as Go's reverse proxy does,
+/// then the client's address.
+fn forwarded_for(headers: &HeaderMap, downstream: &Downstream) -> HeaderValue {
     let mut prior = headers.get_all(X_FORWARDED_FOR).iter();
     let Some(first) = prior.next() else {
-        headers.insert(X_FORWARDED_FOR, downstream.client_ip_header.clone());
-        return;
+        return downstream.client_ip_header.clone();
     };
     let mut joined = Vec::with_capacity(first.len() + 48);
     joined.extend_from_slice(first.as_bytes());
@@ -174,9 +265,7 @@ fn append_forwarded_for(headers: &mut HeaderMap, downstream: &Downstream) {
     joined.extend_from_slice(b", ");
     joined.extend_from_slice(downstream.client_ip_header.as_bytes());
     // Built from valid header values and ", ": still a valid value.
-    if let Ok(value) = HeaderValue::from_bytes(&joined) {
-        headers.insert(X_FORWARDED_FOR, value);
-    }
+    HeaderValue::from_bytes(&joined).unwrap_or_else(|_| downstream.client_ip_header.clone())
 }
 
 /// A new request id (UUID v4), as sent to the app and returned to the client.
@@ -311,15 +400,43 @@ mod tests {
     #[test]
     fn forwarded_for_is_joined_and_appended() {
         let d = Downstream::new("10.0.0.9:1234".parse().unwrap(), false);
+        let id = new_request_id();
         let mut h = HeaderMap::new();
-        append_forwarded_for(&mut h, &d);
-        assert_eq!(h[X_FORWARDED_FOR], "10.0.0.9");
+        let added = rewrite_request(&mut h, &d, &id);
+        assert_eq!(added.forwarded_for, "10.0.0.9");
         let mut h = HeaderMap::new();
         h.append(X_FORWARDED_FOR, "1.1.1.1".parse().unwrap());
         h.append(X_FORWARDED_FOR, "2.2.2.2, 3.3.3.3".parse().unwrap());
-        append_forwarded_for(&mut h, &d);
-        assert_eq!(h[X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.9");
+        let added = rewrite_request(&mut h, &d, &id);
+        assert_eq!(added.forwarded_for, "1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.9");
+        assert!(!h.contains_key(X_FORWARDED_FOR));
+        added.insert_into(None, &mut h);
         assert_eq!(h.get_all(X_FORWARDED_FOR).iter().count(), 1);
+    }
+
+    #[test]
+    fn the_clients_proto_and_start_pass_and_its_ids_are_replaced() {
+        let d = Downstream::new("10.0.0.9:1234".parse().unwrap(), true);
+        let id = new_request_id();
+        let mut h = HeaderMap::new();
+        let added = rewrite_request(&mut h, &d, &id);
+        assert_eq!(added.forwarded_proto.as_ref().unwrap(), "https");
+        assert!(added.request_start.is_some());
+
+        let mut h = HeaderMap::new();
+        h.insert(X_FORWARDED_PROTO, "http".parse().unwrap());
+        h.insert(X_REQUEST_START, "12".parse().unwrap());
+        h.insert(X_VCAP_REQUEST_ID, "forged".parse().unwrap());
+        h.insert(X_CF_INSTANCE_ID, "forged".parse().unwrap());
+        h.insert("x-kept", "1".parse().unwrap());
+        let added = rewrite_request(&mut h, &d, &id);
+        assert!(added.forwarded_proto.is_none() && added.request_start.is_none());
+        let mut names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["x-forwarded-proto", "x-kept", "x-request-start"]);
+        added.insert_into(None, &mut h);
+        assert_eq!(h[X_VCAP_REQUEST_ID], id);
+        assert_eq!(h[X_FORWARDED_PROTO], "http");
     }
 
     #[test]

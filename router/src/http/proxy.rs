@@ -17,8 +17,7 @@ use tokio::time::Instant;
 use super::body::{Completion, ProxyBody};
 use super::errors::ProxyError;
 use super::headers::{
-    self, Downstream, X_CF_APP_INSTANCE, X_CF_ROUTER_ERROR, X_FORWARDED_FOR, X_FORWARDED_PROTO,
-    X_VCAP_REQUEST_ID,
+    self, Downstream, X_CF_APP_INSTANCE, X_CF_ROUTER_ERROR, X_FORWARDED_PROTO, X_VCAP_REQUEST_ID,
 };
 use super::{sticky, w3c};
 use crate::access_log::{AccessLog, AccessRecord};
@@ -192,7 +191,7 @@ async fn proxy(
     let downstream_upgrade = upgrade
         .as_ref()
         .and_then(|_| req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>());
-    let mut req = prepare_request(req, &host, downstream, request_id);
+    let (mut req, added) = prepare_request(req, &host, downstream, request_id);
     headers::forward_client_cert(req.headers_mut(), downstream, ctx.forwarded_client_cert);
     if let Some(upgrade) = &upgrade {
         websocket::restore_upgrade_headers(req.headers_mut(), upgrade);
@@ -205,8 +204,11 @@ async fn proxy(
         );
     }
     if ctx.access_log.is_some() {
-        exchange.forwarded_for = req.headers().get(X_FORWARDED_FOR).cloned();
-        exchange.forwarded_proto = req.headers().get(X_FORWARDED_PROTO).cloned();
+        exchange.forwarded_for = Some(added.forwarded_for.clone());
+        exchange.forwarded_proto = added
+            .forwarded_proto
+            .clone()
+            .or_else(|| req.headers().get(X_FORWARDED_PROTO).cloned());
     }
     let mut tried: Vec<Arc<str>> = Vec::new();
     let mut last_failure = None;
@@ -219,11 +221,17 @@ async fn proxy(
             &tried,
         )
         .map_err(|err| last_failure.take().map_or(err, ProxyError::Endpoint))?;
-        headers::set_endpoint_headers(req.headers_mut(), &endpoint);
         exchange.endpoint = Some(endpoint.clone());
         let sent_at = Instant::now();
-        let result =
-            upstream::send(&endpoint, req, &ctx.upstream, started, upgrade.is_some()).await;
+        let result = upstream::send(
+            &endpoint,
+            req,
+            &added,
+            &ctx.upstream,
+            started,
+            upgrade.is_some(),
+        )
+        .await;
         exchange.backend_time = sent_at.elapsed();
         match result {
             Ok(mut resp) => {
@@ -415,14 +423,14 @@ pub fn parse_app_instance(value: &[u8]) -> Result<(&str, &str), ProxyError> {
     }
 }
 
-/// Makes the request fit to send upstream: HTTP/1.1, origin-form target, a Host header,
-/// and the endpoint-independent forwarding headers (set once, whatever the attempts).
+/// Makes the request fit to send upstream: HTTP/1.1, origin-form target, a Host header;
+/// and the forwarding headers, set once whatever the attempts.
 fn prepare_request(
     mut req: Request<RequestBody>,
     host: &HeaderValue,
     downstream: &Downstream,
     request_id: &HeaderValue,
-) -> Request<RequestBody> {
+) -> (Request<RequestBody>, headers::AddedHeaders) {
     if req.uri().scheme().is_some() || req.uri().authority().is_some() {
         // The target's authority is the host (absolute form, HTTP/2): the app sees the
         // host the request was routed on, not a different Host line (RFC 9112 3.2.2).
@@ -441,8 +449,8 @@ fn prepare_request(
     if !req.headers().contains_key(HOST) {
         req.headers_mut().insert(HOST, host.clone());
     }
-    headers::rewrite_request(req.headers_mut(), downstream, request_id);
-    req
+    let added = headers::rewrite_request(req.headers_mut(), downstream, request_id);
+    (req, added)
 }
 
 /// The access-log fields known when the request arrives.

@@ -279,7 +279,12 @@ fn is_disconnect(err: &io::Error) -> bool {
 /// one Content-Length when its size is known (a client's duplicate or listed values
 /// collapse to one, RFC 9110 8.6; an announced 0 is kept), else chunked. Returns the head
 /// and whether the body is chunked.
-pub fn request_head(parts: &http::request::Parts, body: &impl http_body::Body) -> (Vec<u8>, bool) {
+pub fn request_head(
+    parts: &http::request::Parts,
+    body: &impl http_body::Body,
+    added: &crate::http::headers::AddedHeaders,
+    endpoint: &crate::route_table::Endpoint,
+) -> (Vec<u8>, bool) {
     let mut head = Vec::with_capacity(512);
     head.extend_from_slice(parts.method.as_str().as_bytes());
     head.push(b' ');
@@ -298,10 +303,13 @@ pub fn request_head(parts: &http::request::Parts, body: &impl http_body::Body) -
         head.extend_from_slice(value.as_bytes());
         head.extend_from_slice(b"\r\n");
     }
+    added.write_http1(endpoint, &mut head);
     if chunked {
         head.extend_from_slice(b"transfer-encoding: chunked\r\n");
     } else if let Some(len) = exact.filter(|&n| n > 0 || announced) {
-        head.extend_from_slice(format!("content-length: {len}\r\n").as_bytes());
+        head.extend_from_slice(b"content-length: ");
+        head.extend_from_slice(itoa::Buffer::new().format(len).as_bytes());
+        head.extend_from_slice(b"\r\n");
     }
     head.extend_from_slice(b"\r\n");
     (head, chunked)

@@ -44,7 +44,8 @@ async fn forwarding_headers_are_set_as_gorouter_does() {
     assert_eq!(answer.header("x-vcap-request-id"), Some(request_id));
 
     // Without a prior X-Forwarded-For the client's address alone; a client's
-    // X-Forwarded-Proto and X-Request-Start pass through; X-Vcap-Request-Id is replaced.
+    // X-Forwarded-Proto and X-Request-Start pass through; X-Vcap-Request-Id and the
+    // X-CF-* endpoint headers are replaced.
     let answer = get(
         router.http,
         "hdr.example.com",
@@ -53,10 +54,16 @@ async fn forwarding_headers_are_set_as_gorouter_does() {
             ("x-forwarded-proto", "https"),
             ("x-request-start", "42"),
             ("x-vcap-request-id", "spoofed"),
+            ("x-cf-instanceid", "forged"),
+            ("x-cf-applicationid", "forged"),
         ],
     )
     .await;
     let h = &answer.json()["headers"];
+    // The router's endpoint headers replace the client's: one value each.
+    assert_eq!(h["x-cf-instanceid"], serde_json::json!(["instance-guid-1"]));
+    assert_eq!(h["x-cf-applicationid"], serde_json::json!(["app-guid-1"]));
+    assert_eq!(h["x-vcap-request-id"].as_array().unwrap().len(), 1);
     assert_eq!(h["x-forwarded-for"][0], "127.0.0.1");
     assert_eq!(h["x-forwarded-proto"][0], "https");
     assert_eq!(h["x-request-start"][0], "42");

@@ -322,6 +322,11 @@ async fn grpc_over_h2_tls_reaches_an_h2c_backend_with_trailers() {
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.version(), http::Version::HTTP_2);
     assert_eq!(resp.headers()["x-backend-version"], "HTTP/2.0");
+    assert_eq!(
+        resp.headers()["x-backend-saw"],
+        "x-forwarded-for,x-forwarded-proto,x-request-start,x-vcap-request-id,\
+         x-cf-applicationid,x-cf-instanceid"
+    );
     let collected = resp.into_body().collect().await.unwrap();
     let trailers = collected.trailers().cloned().expect("no trailers");
     assert_eq!(trailers["grpc-status"], "0");

@@ -230,6 +230,21 @@ pub async fn grpc_backend() -> (SocketAddr, CancellationToken) {
             tokio::spawn(async move {
                 let service = service_fn(|req: Request<Incoming>| async move {
                     let version = format!("{:?}", req.version());
+                    // Which of the router's forwarding headers arrived (over HTTP/2 they
+                    // travel in the header block, not appended to an HTTP/1 head).
+                    let saw = [
+                        "x-forwarded-for",
+                        "x-forwarded-proto",
+                        "x-request-start",
+                        "x-vcap-request-id",
+                        "x-cf-applicationid",
+                        "x-cf-instanceid",
+                    ]
+                    .iter()
+                    .filter(|name| req.headers().get_all(**name).iter().count() == 1)
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(",");
                     let body = req.into_body().collect().await.unwrap().to_bytes();
                     let mut trailers = http::HeaderMap::new();
                     trailers.insert("grpc-status", "0".parse().unwrap());
@@ -245,6 +260,8 @@ pub async fn grpc_backend() -> (SocketAddr, CancellationToken) {
                         .insert("content-type", "application/grpc".parse().unwrap());
                     resp.headers_mut()
                         .insert("x-backend-version", version.parse().unwrap());
+                    resp.headers_mut()
+                        .insert("x-backend-saw", saw.parse().unwrap());
                     Ok::<_, Infallible>(resp)
                 });
                 let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
