@@ -90,13 +90,16 @@ where
         fields: Vec::with_capacity(32),
     };
     let head_limit = settings.max_request_header_bytes + 64 * 1024;
-    let deadline = tokio::time::sleep(settings.header_read_timeout);
-    tokio::pin!(deadline);
+    // The head deadline moves with every request; the timer follows only when it fires
+    // (see `head_timeout`), so a keep-alive request costs no timer-wheel update.
+    let timer = tokio::time::sleep(settings.header_read_timeout);
+    tokio::pin!(timer);
+    // Registered once with the token, not at every wait.
+    let stopped = stop.cancelled();
+    tokio::pin!(stopped);
     let mut first = true;
     loop {
-        deadline
-            .as_mut()
-            .reset(Instant::now() + settings.header_read_timeout);
+        let head_deadline = Instant::now() + settings.header_read_timeout;
         // 1. A request head (or the HTTP/2 preface, or the end).
         let head = loop {
             if first && request::may_be_h2_preface(&conn.buf) && !conn.buf.is_empty() {
@@ -137,8 +140,8 @@ where
                 idle::give_back(&mut conn.buf, &mut conn.out);
                 tokio::select! {
                     () = idle::readable(&conn.io) => {}
-                    () = &mut deadline => return Start::Done,
-                    () = stop.cancelled() => return Start::Done,
+                    () = head_timeout(timer.as_mut(), head_deadline) => return Start::Done,
+                    () = &mut stopped => return Start::Done,
                 }
                 conn.buf = idle::take_read_buffer();
                 conn.out = idle::take_write_buffer();
@@ -146,9 +149,9 @@ where
             conn.buf.reserve(4 * 1024);
             let read = tokio::select! {
                 read = conn.io.read_buf(&mut conn.buf) => read,
-                () = &mut deadline => return Start::Done,
+                () = head_timeout(timer.as_mut(), head_deadline) => return Start::Done,
                 // Idle connections close at once on shutdown; a head in progress finishes.
-                () = stop.cancelled(), if idle => return Start::Done,
+                () = &mut stopped, if idle => return Start::Done,
             };
             match read {
                 Ok(0) | Err(_) => return Start::Done,
@@ -236,6 +239,18 @@ where
                 return Start::Done;
             }
         }
+    }
+}
+
+/// Resolves at `deadline`. `timer` may be set earlier (for a previous request's head):
+/// it is then moved on to `deadline` when it fires, instead of at every request.
+async fn head_timeout(mut timer: std::pin::Pin<&mut tokio::time::Sleep>, deadline: Instant) {
+    loop {
+        timer.as_mut().await;
+        if timer.deadline() >= deadline {
+            return;
+        }
+        timer.as_mut().reset(deadline);
     }
 }
 

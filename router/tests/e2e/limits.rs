@@ -47,6 +47,48 @@ async fn idle_keep_alive_connections_are_closed_after_frontend_idle_timeout() {
     .unwrap();
 }
 
+/// The idle deadline restarts with every response: requests spaced under the timeout
+/// keep a connection alive well past the first deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_request_restarts_the_idle_deadline() {
+    let backend = Backend::http("idle").await;
+    let mut config = test_config();
+    config.frontend_idle_timeout = Duration::from_millis(400);
+    config.routes = vec![backend.registration(&["idle.example.com"])];
+    let router = TestRouter::start(config).await;
+    let addr = router.http;
+    tokio::task::spawn_blocking(move || {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let started = Instant::now();
+        for _ in 0..5 {
+            stream
+                .write_all(b"GET / HTTP/1.1\r\nHost: idle.example.com\r\n\r\n")
+                .unwrap();
+            let mut buf = [0u8; 4096];
+            let n = stream.read(&mut buf).unwrap();
+            assert!(
+                buf[..n].starts_with(b"HTTP/1.1 200"),
+                "after {:?}: {}",
+                started.elapsed(),
+                String::from_utf8_lossy(&buf[..n])
+            );
+            // The gap is the scenario: idle for most of the timeout, then a request.
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        assert!(started.elapsed() > Duration::from_millis(1000));
+        let idle = time_until_closed(&mut stream, Duration::from_secs(10));
+        assert!(
+            idle >= Duration::from_millis(50),
+            "closed too early: {idle:?}"
+        );
+    })
+    .await
+    .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_headers_are_cut_off_and_other_clients_are_served() {
     let backend = Backend::http("slow").await;
