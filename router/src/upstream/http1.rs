@@ -393,6 +393,7 @@ fn parse_response_head(
         }));
     });
     let head = buf.split_to(len).freeze();
+    let mut seen = MessageHeaders::default();
     let mut headers = FIELDS.with_borrow(|fields| {
         // Room for what the proxy adds: the request id, a sticky cookie.
         let mut headers = crate::http::headers::take_map(fields.len() + 2);
@@ -401,27 +402,28 @@ fn parse_response_head(
                 .map_err(|_| Http1Error::Malformed("invalid header name"))?;
             let value = HeaderValue::from_maybe_shared(head.slice(value..value + value_len))
                 .map_err(|_| Http1Error::Malformed("invalid header value"))?;
+            seen.note(&name);
             headers.append(name, value);
         }
         Ok::<_, Http1Error>(headers)
     })?;
-    let framing = response_framing(status, method, &headers)?;
+    let framing = response_framing(status, method, &headers, seen)?;
     let mut keep_alive = match version {
-        Version::HTTP_10 => has_token(&headers, CONNECTION, b"keep-alive"),
-        _ => !has_token(&headers, CONNECTION, b"close"),
+        Version::HTTP_10 => seen.connection && has_token(&headers, CONNECTION, b"keep-alive"),
+        _ => !(seen.connection && has_token(&headers, CONNECTION, b"close")),
     };
     // A response with both framings is ambiguous: read it by Transfer-Encoding, then
     // close, so whatever the other reading would have been cannot desynchronise us.
-    if framing == Framing::UntilClose
-        || (headers.contains_key(TRANSFER_ENCODING) && headers.contains_key(CONTENT_LENGTH))
-    {
+    if framing == Framing::UntilClose || (seen.transfer_encoding && seen.content_length) {
         keep_alive = false;
     }
     // The client sees the framing we read by, and no other (RFC 9112 6.3: a proxy removes
     // a Content-Length that Transfer-Encoding overrides).
     match framing {
         Framing::Chunked | Framing::UntilClose => {
-            headers.remove(CONTENT_LENGTH);
+            if seen.content_length {
+                headers.remove(CONTENT_LENGTH);
+            }
         }
         // One length, as the app wrote it, passes as is; repeats or odd spellings
         // ("007", "5, 5") are replaced by the one length we read by.
@@ -444,6 +446,7 @@ fn response_framing(
     status: StatusCode,
     method: &Method,
     headers: &HeaderMap,
+    seen: MessageHeaders,
 ) -> Result<Framing, Http1Error> {
     if method == Method::HEAD
         || status.is_informational()
@@ -452,7 +455,10 @@ fn response_framing(
     {
         return Ok(Framing::Empty);
     }
-    if headers.contains_key(TRANSFER_ENCODING) {
+    if !seen.transfer_encoding && !seen.content_length {
+        return Ok(Framing::UntilClose);
+    }
+    if seen.transfer_encoding {
         let last = headers
             .get_all(TRANSFER_ENCODING)
             .iter()
@@ -486,6 +492,31 @@ fn response_framing(
         Some(n) => Framing::Length(n),
         None => Framing::UntilClose,
     })
+}
+
+/// Which of the headers that frame a message or steer its connection a head has,
+/// noted as the header map is built: most heads have few of them, and the checks below
+/// then skip the map lookups (each hashes a name).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct MessageHeaders {
+    pub transfer_encoding: bool,
+    pub content_length: bool,
+    pub connection: bool,
+    pub expect: bool,
+}
+
+impl MessageHeaders {
+    pub fn note(&mut self, name: &HeaderName) {
+        if name == TRANSFER_ENCODING {
+            self.transfer_encoding = true;
+        } else if name == CONTENT_LENGTH {
+            self.content_length = true;
+        } else if name == CONNECTION {
+            self.connection = true;
+        } else if name == http::header::EXPECT {
+            self.expect = true;
+        }
+    }
 }
 
 /// Exactly one Content-Length, in plain decimal without leading zeros.

@@ -8,7 +8,7 @@ use http::header::{
 };
 use http::{HeaderMap, Method, Request, Uri, Version};
 
-use crate::upstream::http1::Framing;
+use crate::upstream::http1::{Framing, MessageHeaders};
 
 /// A parsed request head and what it says about the connection.
 #[derive(Debug)]
@@ -96,20 +96,31 @@ pub fn parse<const N: usize>(
     let uri = Uri::from_maybe_shared(head.slice(target.0..target.0 + target.1))
         .map_err(|_| HeadError::Malformed("invalid request target"))?;
     let mut headers = crate::http::headers::take_map(fields.len() + ADDED_HEADERS);
+    let mut seen = MessageHeaders::default();
     for &[name, name_len, value, value_len] in fields.iter() {
         let name = HeaderName::from_bytes(&head[name..name + name_len])
             .map_err(|_| HeadError::Malformed("invalid header name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(value..value + value_len))
             .map_err(|_| HeadError::Malformed("invalid header value"))?;
+        seen.note(&name);
         headers.append(name, value);
     }
 
-    let framing = request_framing(version, &headers)?;
-    let keep_alive = match version {
-        Version::HTTP_10 => has_token(&headers, CONNECTION, b"keep-alive"),
-        _ => !has_token(&headers, CONNECTION, b"close"),
+    let framing = if seen.transfer_encoding || seen.content_length {
+        request_framing(version, &headers)?
+    } else {
+        Framing::Empty
     };
-    let expect_continue = match headers.get(EXPECT) {
+    let keep_alive = match version {
+        Version::HTTP_10 => seen.connection && has_token(&headers, CONNECTION, b"keep-alive"),
+        _ => !(seen.connection && has_token(&headers, CONNECTION, b"close")),
+    };
+    let expect = if seen.expect {
+        headers.get(EXPECT)
+    } else {
+        None
+    };
+    let expect_continue = match expect {
         None => false,
         Some(v) if v.as_bytes().eq_ignore_ascii_case(b"100-continue") => {
             version == Version::HTTP_11
