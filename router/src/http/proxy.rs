@@ -129,12 +129,14 @@ pub async fn handle(
                 }
                 other => tracing::debug!(error = %other, "request refused"),
             }
-            (err.to_response(), err.outcome())
+            let mut resp = err.to_response();
+            // A routed answer got it from rewrite_response.
+            resp.headers_mut()
+                .entry(X_VCAP_REQUEST_ID)
+                .or_insert_with(|| request_id.clone());
+            (resp, err.outcome())
         }
     };
-    resp.headers_mut()
-        .entry(X_VCAP_REQUEST_ID)
-        .or_insert_with(|| request_id.clone());
     let status = resp.status().as_u16();
     let record = record.map(|mut record| {
         record.status = status;
