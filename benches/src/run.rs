@@ -758,9 +758,9 @@ impl Runner {
 
     /// RSS per idle keep-alive connection on a fresh router, nginx and HAProxy.
     fn idle_connections(&mut self) -> anyhow::Result<()> {
-        // The router keeps each downstream connection's upstream connection while it
-        // lives: two descriptors per connection, under the open-file limit.
-        let cap = (self.nofile.saturating_sub(512) / 2) as usize;
+        // One descriptor per connection in each proxy (their upstream connections go
+        // back to a bounded pool), and the client's own, under the open-file limit.
+        let cap = self.nofile.saturating_sub(1024) as usize;
         let count = self.opts.idle_connections.min(cap);
         if count < self.opts.idle_connections {
             self.note(format!(
