@@ -768,14 +768,26 @@ impl Runner {
                 self.opts.idle_connections, self.nofile
             ));
         }
+        // HAProxy sizes its own descriptor table as two per connection (client and
+        // server side) and refuses connections past `maxconn`.
+        let haproxy_maxconn = self.nofile.saturating_sub(256) / 2;
         for target in self.opts.targets.clone() {
+            let mut count = count;
             let proc = match target {
                 Target::Direct => continue,
                 Target::Router => self.setup.start_router(false)?,
                 Target::Nginx => self.setup.start_nginx(self.nofile)?,
-                Target::Haproxy => self
-                    .setup
-                    .start_haproxy(self.nofile.saturating_sub(256) / 2)?,
+                Target::Haproxy => {
+                    let cap = (haproxy_maxconn as usize).saturating_sub(100);
+                    if count > cap {
+                        self.note(format!(
+                            "idle-connections: haproxy measured with {cap} connections (maxconn {haproxy_maxconn} under the open-file limit {})",
+                            self.nofile
+                        ));
+                        count = cap;
+                    }
+                    self.setup.start_haproxy(haproxy_maxconn)?
+                }
             };
             let addr = target.http(&self.setup.ports);
             self.wait_serving(addr)?;
@@ -788,7 +800,14 @@ impl Runner {
             let before_kib = proc.tree_rss_kib();
             let conns = self
                 .rt
-                .block_on(clients::open_idle_connections(addr, ROUTE_HOST, count, 200))
+                .block_on(async {
+                    tokio::time::timeout(
+                        Duration::from_secs(120),
+                        clients::open_idle_connections(addr, ROUTE_HOST, count, 200),
+                    )
+                    .await
+                    .map_err(|_| anyhow::anyhow!("not all open after 120 s"))?
+                })
                 .with_context(|| format!("opening {count} connections to {}", target.name()))?;
             std::thread::sleep(Duration::from_secs(1));
             let after_kib = proc.tree_rss_kib();
