@@ -6,7 +6,6 @@ nothing else, and only the Python standard library.
 
 import os
 import signal
-import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 INDEX = os.environ.get("CF_INSTANCE_INDEX", "?")
@@ -28,13 +27,28 @@ class Hello(BaseHTTPRequestHandler):
         print(f"{self.command} {self.path} -> instance {INDEX}", flush=True)
 
 
+class Server(ThreadingHTTPServer):
+    # Requests in progress are finished before the process exits: server_close() waits
+    # for their threads, which it would not do for daemon threads (the default here).
+    daemon_threads = False
+    # How long handle_request() waits for a connection: the loop in main() sees a SIGTERM
+    # within this time, and serves what still comes meanwhile.
+    timeout = 0.5
+
+
 def main():
     port = int(os.environ.get("PORT", "8080"))
-    server = ThreadingHTTPServer(("0.0.0.0", port), Hello)
-    # Exit promptly on SIGTERM (the platform's graceful stop).
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    server = Server(("0.0.0.0", port), Hello)
+    # The platform's graceful stop: SIGTERM, then SIGKILL if still running after 10 s.
+    # Stop accepting, finish the requests in progress, exit. The handler only sets a
+    # flag: exiting from it would abandon responses half-written, and the router would
+    # have to cut those clients' connections.
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     print(f"instance {INDEX} listening on port {port}", flush=True)
-    server.serve_forever()
+    while not stopping:
+        server.handle_request()
+    server.server_close()
 
 
 if __name__ == "__main__":

@@ -51,10 +51,34 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 /// thread exits rather than the agent process.
 ///
 /// The main shell hands the pipe (fd 3) to the watchdog only, and gives the app
-/// `/dev/null` as stdin as before. A stop's SIGTERM to the group ends the watchdog too.
+/// `/dev/null` as stdin as before. The watchdog ignores a stop's SIGTERM, so it keeps
+/// watching through the grace period (see [`GRACEFUL_STOP`]); the agent's SIGKILL to the
+/// group once the app is gone ends it. It is forked with SIGTERM ignored, which a
+/// subshell keeps, rather than ignoring it itself, which it might do only after a
+/// SIGTERM.
 const LIFELINE: &str = "exec 3<&0 </dev/null\n\
+    trap '' TERM\n\
     { read -r _ <&3; kill -s KILL 0; } >/dev/null 2>&1 &\n\
     exec 3<&-\n";
+
+/// After the watchdog: the shell outlives a stop's SIGTERM until the app has exited.
+/// (A SIGTERM between the two `trap`s is lost: the agent's SIGKILL comes after the grace
+/// period instead.)
+///
+/// The SIGTERM goes to the whole group, so the app gets it directly. A shell without a
+/// trap would die of it at once; the agent, which waits for the shell (its child), would
+/// then take the instance for gone and SIGKILL the group right away, cutting requests in
+/// progress and leaving the app no grace period at all. With the trap, the shell waits
+/// for the command in progress, then exits with its status (`exit` with no operand in a
+/// trap keeps `$?`) instead of going on to the next command. Programs the shell starts
+/// get a trapped signal at its default action, so the app ends on SIGTERM, or handles it
+/// itself, as on Cloud Foundry.
+const GRACEFUL_STOP: &str = "trap exit TERM\n";
+
+/// The whole shell script of an instance: [`LIFELINE`], [`GRACEFUL_STOP`], then `body`.
+fn instance_script(body: &str) -> String {
+    format!("{LIFELINE}{GRACEFUL_STOP}{body}")
+}
 
 /// What the agent needs to start an instance.
 #[derive(Debug, Clone)]
@@ -258,11 +282,11 @@ fn command(
     tmp_dir: &std::path::Path,
 ) -> Command {
     let d = &spec.desired;
-    let script = format!(
-        "{LIFELINE}{}{}",
+    let script = instance_script(&format!(
+        "{}{}",
         spec.memory.shell_prologue(d.memory_mb),
         d.command
-    );
+    ));
     let vcap_application = serde_json::json!({
         "application_id": d.key.app_guid,
         "application_name": d.app_name,
@@ -392,7 +416,8 @@ fn exit_details(status: std::io::Result<ExitStatus>) -> String {
     }
 }
 
-/// SIGTERM to the whole group, SIGKILL after the grace period.
+/// SIGTERM to the whole group, SIGKILL after the grace period. The shell waits for the
+/// app before it exits ([`GRACEFUL_STOP`]), so the app has the whole grace period.
 async fn terminate(child: &mut Child, pid: Option<u32>) {
     let Some(pid) = pid else {
         let _ = child.kill().await;
@@ -512,7 +537,7 @@ mod tests {
     fn shell(script: &str) -> Child {
         Command::new("/bin/sh")
             .arg("-c")
-            .arg(format!("{LIFELINE}{script}"))
+            .arg(instance_script(script))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .process_group(0)
@@ -552,6 +577,81 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// The next line of `out`, bounded.
+    async fn line(out: &mut tokio::process::ChildStdout) -> String {
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while out.read(&mut byte).await.unwrap() == 1 && byte[0] != b'\n' {
+                line.push(byte[0]);
+            }
+        })
+        .await
+        .expect("a line of output");
+        String::from_utf8(line).unwrap()
+    }
+
+    /// An app (a shell here, as any program the command starts) that answers SIGTERM with
+    /// `on_term` and otherwise runs until killed.
+    fn app(on_term: &str) -> String {
+        format!("sh -c 'trap \"{on_term}\" TERM; echo ready; while :; do sleep 1; done'")
+    }
+
+    fn sigterm_group(child: &Child) {
+        let pid = i32::try_from(child.id().unwrap()).unwrap();
+        killpg(Pid::from_raw(pid), Signal::SIGTERM).unwrap();
+    }
+
+    /// SIGKILLs the group when dropped, so a failing test leaves no app behind.
+    struct KillGroupOnDrop(u32);
+
+    impl Drop for KillGroupOnDrop {
+        fn drop(&mut self) {
+            kill_group(self.0, Signal::SIGKILL);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stop_lets_the_app_finish_and_keeps_its_exit_status() {
+        let mut child = shell(&app("echo finishing; exit 3"));
+        let _kill = KillGroupOnDrop(child.id().unwrap());
+        let _lifeline = child.stdin.take();
+        let mut out = child.stdout.take().unwrap();
+        assert_eq!(line(&mut out).await, "ready");
+
+        // The stop's SIGTERM to the group: the shell must not die of it, or the agent
+        // would SIGKILL the app at once; it waits for the app and exits as the app did.
+        sigterm_group(&child);
+        let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+            .await
+            .expect("the shell exits once the app has")
+            .unwrap();
+        assert_eq!(status.code(), Some(3), "{status:?}");
+        assert_eq!(line(&mut out).await, "finishing");
+    }
+
+    #[tokio::test]
+    async fn closing_the_lifeline_during_a_stop_still_kills_the_group() {
+        // An app that SIGTERM does not end: the watchdog must outlive the SIGTERM too.
+        let mut child = shell(&app("echo not yet"));
+        let _kill = KillGroupOnDrop(child.id().unwrap());
+        let lifeline = child.stdin.take();
+        let mut out = child.stdout.take().unwrap();
+        assert_eq!(line(&mut out).await, "ready");
+        sigterm_group(&child);
+        assert_eq!(line(&mut out).await, "not yet");
+
+        drop(lifeline);
+        let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+            .await
+            .expect("the shell dies once the lifeline is closed")
+            .unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9)
+        );
     }
 
     #[tokio::test]

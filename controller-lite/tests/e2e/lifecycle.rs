@@ -1,4 +1,4 @@
-//! Crash and restart, crash-loop backoff, stop and start, delete.
+//! Crash and restart, crash-loop backoff, stop and start, graceful stop, delete.
 
 use controller_lite::cli::{self, PushOptions};
 use nix::sys::signal::{Signal, killpg};
@@ -179,5 +179,105 @@ async fn delete_removes_the_app_its_routes_processes_and_bits() {
         (left == 0).then_some(())
     })
     .await;
+    p.stop().await;
+}
+
+/// An app whose `/slow` answers half its body, then the rest only once the app got
+/// SIGTERM and worked on for another second: a request that takes a while to finish, the
+/// case the grace period is for (one finished within a millisecond of the SIGTERM would
+/// also beat an agent that SIGKILLs at once). `/ping` answers at once. Requests in
+/// progress finish before it exits.
+const SLOW_APP: &str = r#"
+import os, signal, threading, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+terminated = threading.Event()
+
+class Slow(BaseHTTPRequestHandler):
+    def do_GET(self):
+        first, rest = b"started\n", b"finished after SIGTERM\n"
+        body = first + rest if self.path == "/ping" else first
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(first) + len(rest)))
+        self.end_headers()
+        self.wfile.write(body)
+        if self.path != "/ping":
+            terminated.wait(60)
+            time.sleep(1)
+            self.wfile.write(rest)
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = False
+    timeout = 0.1
+
+server = Server(("0.0.0.0", int(os.environ["PORT"])), Slow)
+signal.signal(signal.SIGTERM, lambda *_: terminated.set())
+while not terminated.is_set():
+    server.handle_request()
+server.server_close()
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_in_progress_completes_when_its_instance_is_stopped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let p = Platform::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("slow.py"), SLOW_APP).unwrap();
+    let opts = PushOptions {
+        name: "slow".to_owned(),
+        path: dir.path().to_owned(),
+        command: Some("python3 slow.py".to_owned()),
+        instances: Some(1),
+        memory_mb: Some(64),
+        route: None,
+        no_route: false,
+        timeout: WAIT,
+    };
+    cli::push(&p.client(), &opts, &mut std::io::sink())
+        .await
+        .unwrap();
+    eventually("the route of the app", || async {
+        let (status, _) = crate::support::get_path(&p, "slow.localhost", "/ping").await;
+        (status == 200).then_some(())
+    })
+    .await;
+
+    // The response has begun (head and first half through the router) when the stop comes.
+    let mut conn = tokio::net::TcpStream::connect(p.up.router_addr)
+        .await
+        .unwrap();
+    conn.write_all(b"GET /slow HTTP/1.1\r\nHost: slow.localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        let mut buf = [0u8; 1024];
+        while !String::from_utf8_lossy(&response).contains("started\n") {
+            let n = conn.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "closed early: {}",
+                String::from_utf8_lossy(&response)
+            );
+            response.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("the first half of the answer");
+
+    // Unregister, SIGTERM: the app has its grace period to finish the answer, which
+    // reaches the client whole.
+    cli::action(&p.client(), "slow", "stop").await.unwrap();
+    tokio::time::timeout(WAIT, conn.read_to_end(&mut response))
+        .await
+        .expect("the rest of the answer")
+        .unwrap();
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 200 "), "{response}");
+    assert!(
+        response.ends_with("\r\n\r\nstarted\nfinished after SIGTERM\n"),
+        "the answer was cut: {response}"
+    );
     p.stop().await;
 }
