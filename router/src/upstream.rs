@@ -160,6 +160,12 @@ async fn send_http1(
             {
                 tracing::debug!(endpoint = %endpoint.key, error = %err, "pooled connection was closed; using a new one");
             }
+            // A fresh connection closed (or reset) with no answer: an app going away, or
+            // one whose listener closed with us in its backlog. As gorouter does for an
+            // EOF, an idempotent bodiless request goes to another endpoint.
+            Err(Exchange::ClosedUnanswered(err)) if !conn.reused && replayable => {
+                return Err(not_sent(UpstreamError::Http1(err), parts, body));
+            }
             Err(
                 Exchange::Unsent(err) | Exchange::ClosedUnanswered(err) | Exchange::Failed(err),
             ) => {

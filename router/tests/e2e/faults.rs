@@ -226,6 +226,26 @@ async fn an_upstream_reset_before_answering_is_502() {
     .await;
 }
 
+/// An app that closes a fresh connection without answering (it is going away) costs an
+/// idempotent request nothing: it goes to another endpoint, as gorouter retries an EOF.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_closed_unanswered_on_a_fresh_connection_goes_to_another_endpoint() {
+    let app = FaultyApp::start(Fault::ResetBeforeAnswer).await;
+    let healthy = Backend::http("healthy").await;
+    let router = RouterProcess::start(&format!(
+        "routes:\n{}  - {{host: 127.0.0.1, port: {}, uris: [mix.example.com]}}\n",
+        app.route("mix.example.com"),
+        healthy.addr.port()
+    ));
+    for _ in 0..10 {
+        let (status, complete) =
+            fetch(router.http, "mix.example.com", Duration::from_secs(5)).await;
+        assert_eq!((status, complete), (200, true));
+    }
+    // Round-robin reaches the faulty app within two requests; then it is skipped.
+    assert!(app.accepted.load(Ordering::Relaxed) >= 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_that_accepts_and_hangs_is_502_at_endpoint_timeout() {
     let app = FaultyApp::start(Fault::Hang).await;
