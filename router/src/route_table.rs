@@ -22,7 +22,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::HeaderValue;
@@ -38,7 +38,7 @@ mod uri;
 use host_map::HostMap;
 pub use registry::{Registry, RegistryChange, RegistrySettings};
 pub use tags::{Tags, TagsIter};
-pub use uri::{MAX_HOST_LEN, RequestHost, RouteKey};
+pub use uri::{MAX_HOST_LEN, RequestHost, RouteKey, label_bit};
 
 /// Protocol spoken to an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -143,10 +143,16 @@ pub struct Pool {
     pub endpoints: SmallVec<[Arc<Endpoint>; 1]>,
     pub algorithm: Algorithm,
     /// Round-robin position, starting at a random index for every new pool.
-    pub(crate) cursor: AtomicUsize,
+    pub(crate) cursor: AtomicU32,
     /// The same host's pool with the next shorter context path.
     shorter: Option<Arc<Pool>>,
+    /// The first bytes of `host`, zero-padded: the lookup compares hosts here, in the
+    /// pool it reads anyway, instead of taking another cache miss on `host`.
+    host_prefix: [u8; HOST_PREFIX],
 }
+
+/// Host bytes kept inline in a pool (most hosts are shorter).
+const HOST_PREFIX: usize = 32;
 
 impl Pool {
     /// The route as written in registrations: `host` or `host/path`.
@@ -159,6 +165,41 @@ impl Pool {
         self.endpoints
             .iter()
             .find(|e| e.data.instance_id == instance_id)
+    }
+
+    fn new(
+        host: &Arc<str>,
+        context_path: &str,
+        endpoints: SmallVec<[Arc<Endpoint>; 1]>,
+        algorithm: Algorithm,
+        shorter: Option<Arc<Pool>>,
+    ) -> Pool {
+        let mut host_prefix = [0; HOST_PREFIX];
+        let head = &host.as_bytes()[..host.len().min(HOST_PREFIX)];
+        host_prefix[..head.len()].copy_from_slice(head);
+        let start = if endpoints.is_empty() {
+            0
+        } else {
+            registry::random_index(endpoints.len())
+        };
+        Pool {
+            host: host.clone(),
+            context_path: Box::from(context_path),
+            endpoints,
+            algorithm,
+            cursor: AtomicU32::new(start as u32),
+            shorter,
+            host_prefix,
+        }
+    }
+
+    /// Whether this pool's host is `host` (lowercase).
+    fn is_for_host(&self, host: &[u8]) -> bool {
+        let len = self.host.len();
+        let head = len.min(HOST_PREFIX);
+        len == host.len()
+            && self.host_prefix[..head] == host[..head]
+            && (len == head || self.host.as_bytes()[head..] == host[head..])
     }
 
     /// Whether `path` (the request path) is inside this pool's context path.
@@ -179,7 +220,9 @@ fn host_pools(pool: &Arc<Pool>) -> impl Iterator<Item = &Arc<Pool>> {
 #[derive(Debug, Clone, Default)]
 pub struct RouteTable {
     hosts: HostMap,
-    wildcard_hosts: usize,
+    /// The label counts of wildcard routes' suffixes (`*.b.c`: 2), as [`label_bit`]s: a
+    /// lookup probes only suffixes of those lengths, and none if there are no wildcards.
+    wildcard_suffix_labels: u64,
     route_count: usize,
     tcp: Arc<BTreeMap<u16, Arc<Pool>>>,
 }
@@ -191,7 +234,8 @@ impl RouteTable {
     /// longest matching empty pool (answered with 503 `no_endpoints`).
     pub fn lookup(&self, host: &str, path: &str) -> Option<&Arc<Pool>> {
         let mut host = RequestHost::parse(host)?;
-        let path = path.split('?').next().unwrap_or_default().as_bytes();
+        let path = path.as_bytes();
+        let path = &path[..path.iter().position(|&b| b == b'?').unwrap_or(path.len())];
         if let Some(pool) = self
             .hosts
             .get(host.exact())
@@ -199,10 +243,7 @@ impl RouteTable {
         {
             return Some(pool);
         }
-        if self.wildcard_hosts == 0 {
-            return None;
-        }
-        while let Some(key) = host.next_wildcard() {
+        while let Some(key) = host.next_wildcard(self.wildcard_suffix_labels) {
             if let Some(pool) = self.hosts.get(key).and_then(|p| best_pool(p, path)) {
                 return Some(pool);
             }

@@ -1,15 +1,15 @@
 //! The snapshot's host index: route host -> the host's pools. Immutable; snapshots share
 //! every part a publish did not change.
 //!
-//! One 64-bit hash of the host decides everything: its top 8 bits pick one of 256
-//! groups, the next 4 one of the group's 16 shards, the low bits the first slot to probe
-//! in the shard. A shard is an array of slots, a power of two long and at most 3/4 full,
-//! probed linearly (open addressing); a slot holds the host's hash and the first of its
-//! pools, which holds the host name. So a lookup hashes once and touches the group, one
-//! or two lines of slots, the pool and the host name: the fewest cache misses the
-//! request path can pay for a table much larger than the caches.
+//! One 64-bit hash of the host decides everything: its top 6 bits pick one of 64 groups,
+//! the next 6 one of the group's 64 shards, the low bits the first slot to probe in the
+//! shard. A shard is an array of slots, a power of two long and at most 3/4 full, probed
+//! linearly (open addressing); a slot holds the host's hash and the first of its pools,
+//! which holds the first 32 bytes of the host name. So a lookup hashes once and touches
+//! the group (64 of 1 KB: they stay cached), one or two lines of slots and the pool: the
+//! fewest cache misses the request path can pay for a table much larger than the caches.
 //!
-//! A publish copies the group array (256 pointers), each group holding a changed host (16
+//! A publish copies the group array (64 pointers), each group holding a changed host (64
 //! pointers) and rebuilds each shard holding a changed host from its remaining entries:
 //! with 4 096 shards, a shard has ~25 hosts at 100 000 routes, so a change costs a few
 //! microseconds however large the table. Shards are never changed in place, so there
@@ -21,8 +21,8 @@ use std::sync::Arc;
 
 use super::Pool;
 
-const GROUPS: usize = 256;
-const SHARDS_PER_GROUP: usize = 16;
+const GROUPS: usize = 64;
+const SHARDS_PER_GROUP: usize = 64;
 const GROUP_SHIFT: u32 = 64 - GROUPS.trailing_zeros();
 const SHARD_SHIFT: u32 = GROUP_SHIFT - SHARDS_PER_GROUP.trailing_zeros();
 
@@ -104,7 +104,7 @@ impl HostMap {
         loop {
             match &slots[i] {
                 None => return None,
-                Some(entry) if entry.hash == hash && entry.head.host.as_bytes() == host => {
+                Some(entry) if entry.hash == hash && entry.head.is_for_host(host) => {
                     return Some(&entry.head);
                 }
                 Some(_) => i = (i + 1) & mask,

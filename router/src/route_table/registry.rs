@@ -24,7 +24,7 @@ use super::host_map::HostChange;
 use super::uri::normalize_uri;
 use super::{
     Endpoint, EndpointData, EndpointHeaders, EndpointStats, Pool, RouteTable, Tags,
-    UpstreamProtocol, host_pools,
+    UpstreamProtocol, host_pools, label_bit,
 };
 use crate::config::{Algorithm, Config};
 use crate::protocol::RegistryMessage;
@@ -124,9 +124,29 @@ struct State {
     /// Hosts changed since the last publish.
     dirty_hosts: HashSet<Arc<str>>,
     tcp_dirty: bool,
+    wildcards_by_suffix_labels: WildcardCounts,
     /// Replaced snapshots a reader still held at the publish; freed here when the
     /// readers are done, so that the request path never pays for freeing one.
     retired: Vec<Arc<RouteTable>>,
+}
+
+/// Published wildcard hosts by the number of labels of their suffix (63: 63 or more).
+#[derive(Debug)]
+struct WildcardCounts([usize; 64]);
+
+impl Default for WildcardCounts {
+    fn default() -> Self {
+        WildcardCounts([0; 64])
+    }
+}
+
+impl WildcardCounts {
+    /// The label counts that have wildcard hosts, as [`label_bit`]s.
+    fn label_bits(&self) -> u64 {
+        (0..64)
+            .filter(|&labels| self.0[labels] > 0)
+            .fold(0, |bits, labels| bits | label_bit(labels))
+    }
 }
 
 /// Endpoints with their TTLs, keyed for register, unregister and prune.
@@ -387,6 +407,7 @@ impl Registry {
             tcp,
             dirty_hosts,
             tcp_dirty,
+            wildcards_by_suffix_labels,
             retired,
             ..
         } = &mut *guard;
@@ -404,17 +425,23 @@ impl Registry {
                 host,
             })
             .collect();
-        let (mut route_count, mut wildcard_hosts) = (table.route_count, table.wildcard_hosts);
+        let mut route_count = table.route_count;
         table.hosts.apply(changes, |old, new| {
             let count = |head: Option<&Arc<Pool>>| head.map_or(0, |p| host_pools(p).count());
             route_count = route_count + count(new) - count(old);
-            let is_wildcard =
-                |head: Option<&Arc<Pool>>| head.is_some_and(|p| p.host.starts_with("*."));
-            wildcard_hosts =
-                wildcard_hosts + usize::from(is_wildcard(new)) - usize::from(is_wildcard(old));
+            let suffix_labels = |head: Option<&Arc<Pool>>| {
+                let suffix = head.and_then(|p| p.host.strip_prefix("*."))?;
+                Some(suffix.bytes().filter(|&b| b == b'.').count() + 1)
+            };
+            if let Some(labels) = suffix_labels(old) {
+                wildcards_by_suffix_labels.0[labels.min(63)] -= 1;
+            }
+            if let Some(labels) = suffix_labels(new) {
+                wildcards_by_suffix_labels.0[labels.min(63)] += 1;
+            }
         });
         table.route_count = route_count;
-        table.wildcard_hosts = wildcard_hosts;
+        table.wildcard_suffix_labels = wildcards_by_suffix_labels.label_bits();
         let tcp_changed = std::mem::take(tcp_dirty);
         if tcp_changed {
             let no_host: Arc<str> = Arc::from("");
@@ -540,21 +567,14 @@ fn first_pool(host: &Arc<str>, routes: &HostRoutes) -> Option<Arc<Pool>> {
 }
 
 fn make_pool(host: &Arc<str>, route: &Route, shorter: Option<Arc<Pool>>) -> Arc<Pool> {
-    let endpoints: SmallVec<[Arc<Endpoint>; 1]> =
-        route.endpoints.iter().map(|r| r.endpoint.clone()).collect();
-    let start = if endpoints.is_empty() {
-        0
-    } else {
-        random_index(endpoints.len())
-    };
-    Arc::new(Pool {
-        host: host.clone(),
-        context_path: route.context_path.clone(),
+    let endpoints = route.endpoints.iter().map(|r| r.endpoint.clone()).collect();
+    Arc::new(Pool::new(
+        host,
+        &route.context_path,
         endpoints,
-        algorithm: route.algorithm,
-        cursor: AtomicUsize::new(start),
+        route.algorithm,
         shorter,
-    })
+    ))
 }
 
 fn make_endpoint(

@@ -44,16 +44,14 @@ pub fn normalize_uri<'b>(uri: &str, buf: &'b mut String) -> (&'b str, &'b str) {
 }
 
 fn strip_port(host: &str) -> &str {
-    if host.starts_with('[') {
-        return match host.find(']') {
-            Some(end) => &host[..=end],
-            None => host,
-        };
-    }
-    match host.find(':') {
-        Some(colon) => &host[..colon],
-        None => host,
-    }
+    // Byte searches: the lookup runs this on every request.
+    let bytes = host.as_bytes();
+    let end = if bytes.first() == Some(&b'[') {
+        bytes.iter().position(|&b| b == b']').map(|end| end + 1)
+    } else {
+        bytes.iter().position(|&b| b == b':')
+    };
+    &host[..end.unwrap_or(host.len())]
 }
 
 /// Longest request host the lookup takes (DNS names are at most 253 bytes).
@@ -70,10 +68,13 @@ pub struct RequestHost {
     end: usize,
     /// Where the search for the next wildcard's dot resumes.
     next_label: usize,
+    /// Dots from `next_label` on.
+    dots_left: usize,
 }
 
 impl RequestHost {
     /// `None` if the host is empty or longer than [`MAX_HOST_LEN`].
+    #[inline] // Returned in place, not copied.
     pub fn parse(host: &str) -> Option<RequestHost> {
         let host = strip_port(host);
         let host = host.strip_suffix('.').unwrap_or(host);
@@ -82,13 +83,16 @@ impl RequestHost {
         }
         let mut buf = [0u8; MAX_HOST_LEN + 1];
         let end = host.len() + 1;
+        let mut dots = 0;
         for (o, b) in buf[1..end].iter_mut().zip(host.bytes()) {
             *o = b.to_ascii_lowercase();
+            dots += usize::from(b == b'.');
         }
         Some(RequestHost {
             buf,
             end,
             next_label: 1,
+            dots_left: dots,
         })
     }
 
@@ -97,17 +101,27 @@ impl RequestHost {
         &self.buf[1..self.end]
     }
 
-    /// The next wildcard route key that could match, most specific first; the exact
-    /// host is gone from the buffer after the first call.
-    pub fn next_wildcard(&mut self) -> Option<&[u8]> {
-        let dot = self.next_label
-            + self.buf[self.next_label..self.end]
-                .iter()
-                .position(|&b| b == b'.')?;
-        self.buf[dot - 1] = b'*';
-        self.next_label = dot + 1;
-        Some(&self.buf[dot - 1..self.end])
+    /// The next wildcard route key that could match, most specific first, skipping
+    /// suffixes whose number of labels no wildcard route has (`suffix_labels`, see
+    /// [`label_bit`]). The exact host is gone from the buffer after the first key.
+    pub fn next_wildcard(&mut self, suffix_labels: u64) -> Option<&[u8]> {
+        loop {
+            let rest = &self.buf[self.next_label..self.end];
+            let dot = self.next_label + rest.iter().position(|&b| b == b'.')?;
+            self.next_label = dot + 1;
+            self.dots_left -= 1;
+            if suffix_labels & label_bit(self.dots_left + 1) != 0 {
+                self.buf[dot - 1] = b'*';
+                return Some(&self.buf[dot - 1..self.end]);
+            }
+        }
     }
+}
+
+/// The bit standing for domain names of `labels` labels in a set of label counts (all
+/// counts from 63 on share the last bit).
+pub fn label_bit(labels: usize) -> u64 {
+    1 << labels.min(63)
 }
 
 #[cfg(test)]
@@ -143,7 +157,7 @@ mod tests {
         let keys = |host: &str| {
             let mut host = RequestHost::parse(host).unwrap();
             let mut keys = Vec::new();
-            while let Some(key) = host.next_wildcard() {
+            while let Some(key) = host.next_wildcard(u64::MAX) {
                 keys.push(String::from_utf8_lossy(key).into_owned());
             }
             keys
@@ -153,5 +167,22 @@ mod tests {
         assert_eq!(keys("a..b"), ["*..b", "*.b"]);
         assert_eq!(keys("b."), Vec::<String>::new());
         assert_eq!(keys("a.b..."), ["*.b..", "*..", "*."]);
+    }
+
+    #[test]
+    fn wildcard_keys_of_absent_label_counts_are_skipped() {
+        let mut host = RequestHost::parse("a.b.c.d").unwrap();
+        let two_labels = label_bit(2);
+        assert_eq!(host.next_wildcard(two_labels), Some(&b"*.c.d"[..]));
+        assert_eq!(host.next_wildcard(two_labels), None);
+        let mut host = RequestHost::parse(&format!("a{}", ".b".repeat(70))).unwrap();
+        assert_eq!(
+            host.next_wildcard(label_bit(64)).map(<[u8]>::len),
+            Some(141)
+        );
+        assert_eq!(
+            host.next_wildcard(label_bit(64)).map(<[u8]>::len),
+            Some(139)
+        );
     }
 }
