@@ -15,9 +15,10 @@
 //!
 //! Memory is what limits the table size, so a route holds little: an [`Endpoint`] (shared
 //! by the routes it serves and by snapshots) keeps its tags in one allocation
-//! ([`Tags`]), a route's endpoints are a small vector (one inline), and the registry
-//! keeps a host's routes inline. Per-endpoint live counters ([`EndpointStats`]) are
-//! atomics shared by every snapshot and route that holds the endpoint.
+//! ([`Tags`]) and shares values that repeat across endpoints, like the instance index
+//! ([`SharedText`]); a route's endpoints are a small vector (one inline), and the
+//! registry keeps a host's routes inline. Per-endpoint live counters ([`EndpointStats`])
+//! are atomics shared by every snapshot and route that holds the endpoint.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -33,11 +34,13 @@ use crate::config::Algorithm;
 mod host_map;
 mod registry;
 mod tags;
+mod text;
 mod uri;
 
 use host_map::HostMap;
 pub use registry::{Registry, RegistryChange, RegistrySettings};
 pub use tags::{Tags, TagsIter};
+pub use text::SharedText;
 pub use uri::{MAX_HOST_LEN, RequestHost, RouteKey, label_bit};
 
 /// Protocol spoken to an endpoint.
@@ -48,7 +51,8 @@ pub enum UpstreamProtocol {
     Http2,
 }
 
-/// The registered facts about one endpoint (what a re-registration compares).
+/// The registered facts about one endpoint (what a re-registration compares). Fields
+/// whose values repeat across endpoints are [`SharedText`]s.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct EndpointData {
     pub host: String,
@@ -56,11 +60,11 @@ pub struct EndpointData {
     pub tls: bool,
     pub app_id: String,
     pub instance_id: String,
-    pub instance_index: String,
+    pub instance_index: SharedText,
     pub server_cert_domain_san: String,
-    pub route_service_url: String,
-    pub isolation_segment: String,
-    pub availability_zone: String,
+    pub route_service_url: SharedText,
+    pub isolation_segment: SharedText,
+    pub availability_zone: SharedText,
     pub protocol: UpstreamProtocol,
     pub tags: Tags,
     pub ttl: Duration,

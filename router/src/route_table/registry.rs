@@ -21,6 +21,7 @@ use smallvec::SmallVec;
 use tokio::time::Instant;
 
 use super::host_map::HostChange;
+use super::text::Interner;
 use super::uri::normalize_uri;
 use super::{
     Endpoint, EndpointData, EndpointHeaders, EndpointStats, Pool, RouteTable, Tags,
@@ -121,6 +122,7 @@ struct State {
     /// Live counters by endpoint key, so an endpoint on several routes has one count.
     /// The key is shared with the endpoints.
     stats: HashMap<Arc<str>, Arc<EndpointStats>>,
+    texts: Interner,
     /// Hosts changed since the last publish.
     dirty_hosts: HashSet<Arc<str>>,
     tcp_dirty: bool,
@@ -210,6 +212,7 @@ impl Registry {
             hosts,
             tcp,
             stats,
+            texts,
             dirty_hosts,
             tcp_dirty,
             ..
@@ -225,6 +228,7 @@ impl Registry {
             permanent,
             endpoint: &mut endpoint,
             stats,
+            texts,
             endpoint_count: &self.endpoint_count,
         };
         let mut uri_buf = String::new();
@@ -356,6 +360,7 @@ impl Registry {
             hosts,
             tcp,
             stats,
+            texts,
             dirty_hosts,
             tcp_dirty,
             ..
@@ -378,8 +383,10 @@ impl Registry {
             !expired
         });
         self.endpoint_count.fetch_sub(pruned, Ordering::Relaxed);
-        // Counters nobody references any more (the map holds the last reference).
+        // Counters and texts nobody references any more (the maps hold the last
+        // reference).
         stats.retain(|_, s| Arc::strong_count(s) > 1);
+        texts.forget_unused();
         pruned
     }
 
@@ -507,6 +514,7 @@ struct Registration<'a> {
     permanent: bool,
     endpoint: &'a mut Option<Arc<Endpoint>>,
     stats: &'a mut HashMap<Arc<str>, Arc<EndpointStats>>,
+    texts: &'a mut Interner,
     endpoint_count: &'a AtomicUsize,
 }
 
@@ -550,8 +558,8 @@ impl Registration<'_> {
         if let Some(endpoint) = self.endpoint {
             return endpoint.clone();
         }
-        let data = EndpointData::from_message(self.msg, self.ttl);
-        let endpoint = make_endpoint(self.stats, self.key, data);
+        let data = EndpointData::from_message(self.msg, self.ttl, self.texts);
+        let endpoint = make_endpoint(self.stats, self.texts, self.key, data);
         *self.endpoint = Some(endpoint.clone());
         endpoint
     }
@@ -579,6 +587,7 @@ fn make_pool(host: &Arc<str>, route: &Route, shorter: Option<Arc<Pool>>) -> Arc<
 
 fn make_endpoint(
     stats: &mut HashMap<Arc<str>, Arc<EndpointStats>>,
+    texts: &mut Interner,
     key: &str,
     data: EndpointData,
 ) -> Arc<Endpoint> {
@@ -606,7 +615,9 @@ fn make_endpoint(
     };
     let headers = EndpointHeaders {
         app_id: header(&data.app_id),
-        instance_index: header(&data.instance_index),
+        instance_index: texts
+            .header(&data.instance_index)
+            .unwrap_or(HeaderValue::from_static("")),
         instance_id,
     };
     Arc::new(Endpoint {
@@ -635,18 +646,18 @@ fn protocol_of(msg: &RegistryMessage) -> UpstreamProtocol {
 }
 
 impl EndpointData {
-    fn from_message(msg: &RegistryMessage, ttl: Duration) -> EndpointData {
+    fn from_message(msg: &RegistryMessage, ttl: Duration, texts: &mut Interner) -> EndpointData {
         EndpointData {
             host: msg.host.clone(),
             port: msg.endpoint_port(),
             tls: msg.tls_port != 0,
             app_id: msg.app.clone(),
             instance_id: msg.private_instance_id.clone(),
-            instance_index: msg.private_instance_index.clone(),
+            instance_index: texts.text(&msg.private_instance_index),
             server_cert_domain_san: msg.server_cert_domain_san.clone(),
-            route_service_url: msg.route_service_url.clone(),
-            isolation_segment: msg.isolation_segment.clone(),
-            availability_zone: msg.availability_zone.clone(),
+            route_service_url: texts.text(&msg.route_service_url),
+            isolation_segment: texts.text(&msg.isolation_segment),
+            availability_zone: texts.text(&msg.availability_zone),
             protocol: protocol_of(msg),
             tags: Tags::from_map(&msg.tags),
             ttl,
