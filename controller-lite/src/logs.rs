@@ -30,7 +30,7 @@ pub fn append_access_record(store: &LogStore, record: &router::access_log::Acces
         app_guid: endpoint.data.app_id.clone(),
         timestamp_ns: unix_nanos(record.received_at),
         source_type: "RTR".to_owned(),
-        instance: endpoint.data.instance_index.clone(),
+        instance: endpoint.data.instance_index.to_string(),
         stream: "OUT".to_owned(),
         message,
     });

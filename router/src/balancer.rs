@@ -57,7 +57,7 @@ pub fn pick(pool: &Pool, max_conns: u32, tried: &[Arc<str>]) -> Pick {
     match pool.algorithm {
         Algorithm::RoundRobin => {
             let len = endpoints.len();
-            let start = pool.cursor.fetch_add(1, Ordering::Relaxed);
+            let start = pool.cursor.fetch_add(1, Ordering::Relaxed) as usize;
             let ring = (0..len).map(|i| &endpoints[(start + i) % len]);
             // First pass honours failure marks; if every untried endpoint is marked failed,
             // a second pass ignores the marks (gorouter clears them and goes on).
@@ -75,7 +75,7 @@ pub fn pick(pool: &Pool, max_conns: u32, tried: &[Arc<str>]) -> Pick {
         Algorithm::LeastConnection => {
             // Start at a rotating offset so that ties fall on different endpoints.
             let len = endpoints.len();
-            let start = pool.cursor.fetch_add(1, Ordering::Relaxed);
+            let start = pool.cursor.fetch_add(1, Ordering::Relaxed) as usize;
             let mut candidates: Vec<&Arc<Endpoint>> = (0..len)
                 .map(|i| &endpoints[(start + i) % len])
                 .filter(untried)

@@ -3,8 +3,13 @@
 //!
 //! One task owns all writes to the registry. Messages that arrive together are applied
 //! together and published as one snapshot, so a burst of registrations costs one publish.
+//! A change is published at once unless the last publish was less than
+//! [`PUBLISH_INTERVAL`] ago; then it waits for the rest of the interval, so that a steady
+//! trickle of registrations (10 000/s from many emitters) makes at most one snapshot per
+//! interval, not one per message.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::FutureExt;
@@ -22,6 +27,9 @@ use crate::route_table::Registry;
 
 /// Most messages applied before a publish, so a flood cannot starve readers of updates.
 const MAX_BATCH: usize = 4096;
+
+/// Least time between two publishes of bus changes.
+const PUBLISH_INTERVAL: Duration = Duration::from_millis(1);
 
 /// Loads the config's static routes (permanent: never pruned) and publishes them.
 pub fn load_static_routes(registry: &Registry, config: &Config) {
@@ -96,9 +104,19 @@ pub async fn run(
     )
     .await;
 
+    let mut last_publish: Option<Instant> = None;
+    // Whether changes may be waiting for the publish interval to pass.
+    let mut unpublished = false;
     loop {
+        let publish_at = last_publish.map_or_else(Instant::now, |at| at + PUBLISH_INTERVAL);
         tokio::select! {
             () = shutdown.cancelled() => return,
+            () = tokio::time::sleep_until(publish_at), if unpublished => {
+                unpublished = false;
+                if registry.publish() {
+                    last_publish = Some(Instant::now());
+                }
+            }
             msg = subscription.next() => {
                 let Some(msg) = msg else {
                     tracing::error!("bus subscription ended");
@@ -117,8 +135,15 @@ pub async fn run(
                         _ => break,
                     }
                 }
-                if registry.publish() {
-                    tracing::debug!(messages = batch, "published route table");
+                let now = Instant::now();
+                if now < publish_at {
+                    unpublished = true;
+                } else {
+                    unpublished = false;
+                    if registry.publish() {
+                        last_publish = Some(now);
+                        tracing::debug!(messages = batch, "published route table");
+                    }
                 }
             }
             changed = state.changed() => {
@@ -139,7 +164,10 @@ pub async fn run(
                     metrics.pruned(pruned);
                     tracing::info!(endpoints = pruned, "pruned-route");
                 }
-                registry.publish();
+                if registry.publish() {
+                    last_publish = Some(Instant::now());
+                    unpublished = false;
+                }
             }
         }
     }

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::route_table::{Registry, UpstreamProtocol};
+use crate::route_table::{Registry, Tags, UpstreamProtocol};
 
 /// The router's life cycle as `/health` reports it.
 #[derive(Debug, Default)]
@@ -206,7 +206,7 @@ struct RouteEndpoint<'a> {
     tls: bool,
     /// Seconds left before the endpoint is pruned; -1 for static routes.
     ttl: i64,
-    tags: &'a BTreeMap<String, String>,
+    tags: &'a Tags,
     app: &'a str,
     private_instance_id: &'a str,
     private_instance_index: &'a str,

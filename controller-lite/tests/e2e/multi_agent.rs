@@ -190,7 +190,12 @@ impl Cluster {
             .iter()
             .filter(|(route, _)| route.split('/').next() == Some(host))
             .flat_map(|(_, endpoints)| endpoints.iter())
-            .map(|(e, _)| (e.data.instance_id.clone(), e.data.availability_zone.clone()))
+            .map(|(e, _)| {
+                (
+                    e.data.instance_id.clone(),
+                    e.data.availability_zone.to_string(),
+                )
+            })
             .collect()
     }
 

@@ -195,6 +195,118 @@ fn tcp_routes_are_keyed_by_external_port() {
     assert!(reg.table().load().tcp_pool(5000).is_none());
 }
 
+#[test]
+fn any_changed_field_updates_the_endpoint() {
+    let reg = Registry::new(RegistrySettings::default());
+    let now = Instant::now();
+    let base = {
+        let mut m = msg(1, &["a.com"]);
+        m.app = "app".into();
+        m.tags.insert("k".into(), "v".into());
+        m
+    };
+    reg.register(&base, now, false);
+    let changes: [fn(&mut RegistryMessage); 12] = [
+        |m| m.tls_port = 1,
+        |m| m.app = "other".into(),
+        |m| m.private_instance_id = "id".into(),
+        |m| m.private_instance_index = "3".into(),
+        |m| m.server_cert_domain_san = "san".into(),
+        |m| m.route_service_url = "https://rs".into(),
+        |m| m.isolation_segment = "iso".into(),
+        |m| m.availability_zone = "z9".into(),
+        |m| m.protocol = "http2".into(),
+        |m| drop(m.tags.insert("k".into(), "w".into())),
+        |m| m.stale_threshold_in_seconds = 7,
+        |m| m.endpoint_updated_at_ns = 9,
+    ];
+    for change in changes {
+        let mut m = base.clone();
+        change(&mut m);
+        // (The TLS port is the same number as the port: the same endpoint key.)
+        assert_eq!(
+            reg.register(&m, now, false),
+            [RegistryChange::Updated],
+            "{m:?}"
+        );
+        assert_eq!(reg.register(&m, now, false), [RegistryChange::Refreshed]);
+        reg.unregister(&m, now);
+        reg.register(&base, now, false);
+    }
+}
+
+#[test]
+fn a_held_snapshot_does_not_change() {
+    let reg = Registry::new(RegistrySettings::default());
+    let now = Instant::now();
+    reg.register(&msg(1, &["a.com"]), now, false);
+    reg.publish();
+    let before = reg.table().load_full();
+    reg.register(&msg(2, &["a.com", "b.com"]), now, false);
+    reg.unregister(&msg(1, &["a.com"]), now);
+    reg.publish();
+    assert_eq!(endpoints_of(&before, "a.com", "/").unwrap().1, [1]);
+    assert_eq!(endpoints_of(&before, "b.com", "/"), None);
+    let after = reg.table().load_full();
+    assert_eq!(endpoints_of(&after, "a.com", "/").unwrap().1, [2]);
+    assert_eq!(endpoints_of(&after, "b.com", "/").unwrap().1, [2]);
+}
+
+/// Enough hosts that shards hold several and are rebuilt many times over: every host
+/// must stay findable (and removed ones gone) through batches of adds and removals.
+#[test]
+fn many_hosts_through_batches_of_changes() {
+    const HOSTS: usize = 12_000;
+    let uri = |i: usize| match i % 4 {
+        0 => format!("*.w{i}.example.com"),
+        1 => format!("h{i}.example.com/p"),
+        _ => format!("h{i}.example.com"),
+    };
+    let request = |i: usize| match i % 4 {
+        0 => (format!("x.W{i}.example.com"), "/"),
+        1 => (format!("h{i}.example.com"), "/p/q"),
+        _ => (format!("H{i}.example.com:80"), "/"),
+    };
+    let reg = Registry::new(RegistrySettings::default());
+    let now = Instant::now();
+    let mut present = vec![false; HOSTS];
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng as usize
+    };
+    for round in 0..6 {
+        for _ in 0..HOSTS / 2 {
+            let i = next() % HOSTS;
+            let m = msg((i % 50_000) as u16 + 1, &[&uri(i)]);
+            if present[i] && round > 0 {
+                reg.unregister(&m, now);
+                present[i] = false;
+            } else {
+                reg.register(&m, now, false);
+                present[i] = true;
+            }
+            if next() % 500 == 0 {
+                reg.publish();
+            }
+        }
+        reg.publish();
+        let table = reg.table().load_full();
+        for (i, &present) in present.iter().enumerate() {
+            let (host, path) = request(i);
+            let found = table.lookup(&host, path).map(|p| p.route_name());
+            let expected = present.then(|| uri(i));
+            assert_eq!(found, expected, "round {round}: {host}{path}");
+        }
+        let count = present.iter().filter(|p| **p).count();
+        assert_eq!(table.route_count(), count);
+        assert_eq!(table.pools().count(), count);
+        assert_eq!(reg.endpoint_count(), count);
+    }
+}
+
 // A naive model: a list of (uri, port, updated_at) rows, searched linearly.
 #[derive(Debug, Clone)]
 enum Op {

@@ -13,15 +13,8 @@ pub struct RouteKey {
 impl RouteKey {
     /// Normalises a registered `host[/path][?query]` URI (already validated).
     pub fn parse(uri: &str) -> RouteKey {
-        let uri = uri.split('?').next().unwrap_or_default();
-        let lower = uri.to_ascii_lowercase();
-        let (host, path) = match lower.find('/') {
-            Some(slash) => lower.split_at(slash),
-            None => (lower.as_str(), ""),
-        };
-        // The port, if a registration carries one, is not part of the route.
-        let host = strip_port(host);
-        let path = path.trim_end_matches('/');
+        let mut buf = String::new();
+        let (host, path) = normalize_uri(uri, &mut buf);
         RouteKey {
             host: Arc::from(host),
             path: Box::from(path),
@@ -34,32 +27,101 @@ impl RouteKey {
     }
 }
 
+/// Normalises a registered URI into `buf` (reused between calls, so that looking up a
+/// known route allocates nothing) and returns its host and context path, as in
+/// [`RouteKey`].
+pub fn normalize_uri<'b>(uri: &str, buf: &'b mut String) -> (&'b str, &'b str) {
+    let uri = uri.split('?').next().unwrap_or_default();
+    buf.clear();
+    buf.push_str(uri);
+    buf.make_ascii_lowercase();
+    let (host, path) = match buf.find('/') {
+        Some(slash) => buf.split_at(slash),
+        None => (buf.as_str(), ""),
+    };
+    // The port, if a registration carries one, is not part of the route.
+    (strip_port(host), path.trim_end_matches('/'))
+}
+
 fn strip_port(host: &str) -> &str {
-    if host.starts_with('[') {
-        return match host.find(']') {
-            Some(end) => &host[..=end],
-            None => host,
-        };
+    // Byte searches: the lookup runs this on every request.
+    let bytes = host.as_bytes();
+    let end = if bytes.first() == Some(&b'[') {
+        bytes.iter().position(|&b| b == b']').map(|end| end + 1)
+    } else {
+        bytes.iter().position(|&b| b == b':')
+    };
+    &host[..end.unwrap_or(host.len())]
+}
+
+/// Longest request host the lookup takes (DNS names are at most 253 bytes).
+pub const MAX_HOST_LEN: usize = 255;
+
+/// A request's Host, normalised on the stack for the lookup: lowercased, without port
+/// or trailing dot. Brackets keep an IPv6 literal whole (gorouter cuts at the first `:`).
+///
+/// The wildcard keys a host can match (`*.b.c`, then `*.c` for `a.b.c`) are made in
+/// place: the byte before each dot is overwritten with `*`, so no key is copied. The
+/// buffer keeps one spare byte in front for a host that starts with a dot.
+pub struct RequestHost {
+    buf: [u8; MAX_HOST_LEN + 1],
+    end: usize,
+    /// Where the search for the next wildcard's dot resumes.
+    next_label: usize,
+    /// Dots from `next_label` on.
+    dots_left: usize,
+}
+
+impl RequestHost {
+    /// `None` if the host is empty or longer than [`MAX_HOST_LEN`].
+    #[inline] // Returned in place, not copied.
+    pub fn parse(host: &str) -> Option<RequestHost> {
+        let host = strip_port(host);
+        let host = host.strip_suffix('.').unwrap_or(host);
+        if host.is_empty() || host.len() > MAX_HOST_LEN {
+            return None;
+        }
+        let mut buf = [0u8; MAX_HOST_LEN + 1];
+        let end = host.len() + 1;
+        let mut dots = 0;
+        for (o, b) in buf[1..end].iter_mut().zip(host.bytes()) {
+            *o = b.to_ascii_lowercase();
+            dots += usize::from(b == b'.');
+        }
+        Some(RequestHost {
+            buf,
+            end,
+            next_label: 1,
+            dots_left: dots,
+        })
     }
-    match host.find(':') {
-        Some(colon) => &host[..colon],
-        None => host,
+
+    /// The host itself, as an exact route is keyed.
+    pub fn exact(&self) -> &[u8] {
+        &self.buf[1..self.end]
+    }
+
+    /// The next wildcard route key that could match, most specific first, skipping
+    /// suffixes whose number of labels no wildcard route has (`suffix_labels`, see
+    /// [`label_bit`]). The exact host is gone from the buffer after the first key.
+    pub fn next_wildcard(&mut self, suffix_labels: u64) -> Option<&[u8]> {
+        loop {
+            let rest = &self.buf[self.next_label..self.end];
+            let dot = self.next_label + rest.iter().position(|&b| b == b'.')?;
+            self.next_label = dot + 1;
+            self.dots_left -= 1;
+            if suffix_labels & label_bit(self.dots_left + 1) != 0 {
+                self.buf[dot - 1] = b'*';
+                return Some(&self.buf[dot - 1..self.end]);
+            }
+        }
     }
 }
 
-/// Lowercases a request's Host into `buf` and strips its port; `None` if it is empty or
-/// longer than `buf`. Brackets keep an IPv6 literal whole (gorouter cuts at the first `:`).
-pub fn normalize_request_host<'b>(host: &str, buf: &'b mut [u8]) -> Option<&'b str> {
-    let host = strip_port(host);
-    let host = host.strip_suffix('.').unwrap_or(host);
-    if host.is_empty() || host.len() > buf.len() {
-        return None;
-    }
-    let out = &mut buf[..host.len()];
-    for (o, b) in out.iter_mut().zip(host.bytes()) {
-        *o = b.to_ascii_lowercase();
-    }
-    std::str::from_utf8(out).ok()
+/// The bit standing for domain names of `labels` labels in a set of label counts (all
+/// counts from 63 on share the last bit).
+pub fn label_bit(labels: usize) -> u64 {
+    1 << labels.min(63)
 }
 
 #[cfg(test)]
@@ -76,14 +138,51 @@ mod tests {
         assert!(RouteKey::parse("*.b.c/").is_wildcard());
     }
 
+    fn exact(host: &str) -> Option<String> {
+        RequestHost::parse(host).map(|h| String::from_utf8_lossy(h.exact()).into_owned())
+    }
+
     #[test]
     fn request_hosts_lose_port_and_case() {
-        let mut buf = [0u8; 255];
-        assert_eq!(normalize_request_host("A.B:81", &mut buf), Some("a.b"));
-        assert_eq!(normalize_request_host("[::1]:81", &mut buf), Some("[::1]"));
-        assert_eq!(normalize_request_host("a.b.", &mut buf), Some("a.b"));
-        assert_eq!(normalize_request_host(":80", &mut buf), None);
-        let long = "a".repeat(300);
-        assert_eq!(normalize_request_host(&long, &mut buf), None);
+        assert_eq!(exact("A.B:81").as_deref(), Some("a.b"));
+        assert_eq!(exact("[::1]:81").as_deref(), Some("[::1]"));
+        assert_eq!(exact("a.b.").as_deref(), Some("a.b"));
+        assert_eq!(exact(":80"), None);
+        assert_eq!(exact(&"a".repeat(255)).map(|h| h.len()), Some(255));
+        assert_eq!(exact(&"a".repeat(256)), None);
+    }
+
+    #[test]
+    fn wildcard_keys_go_from_most_to_least_specific() {
+        let keys = |host: &str| {
+            let mut host = RequestHost::parse(host).unwrap();
+            let mut keys = Vec::new();
+            while let Some(key) = host.next_wildcard(u64::MAX) {
+                keys.push(String::from_utf8_lossy(key).into_owned());
+            }
+            keys
+        };
+        assert_eq!(keys("A.b.C:80"), ["*.b.c", "*.c"]);
+        assert_eq!(keys(".b"), ["*.b"]);
+        assert_eq!(keys("a..b"), ["*..b", "*.b"]);
+        assert_eq!(keys("b."), Vec::<String>::new());
+        assert_eq!(keys("a.b..."), ["*.b..", "*..", "*."]);
+    }
+
+    #[test]
+    fn wildcard_keys_of_absent_label_counts_are_skipped() {
+        let mut host = RequestHost::parse("a.b.c.d").unwrap();
+        let two_labels = label_bit(2);
+        assert_eq!(host.next_wildcard(two_labels), Some(&b"*.c.d"[..]));
+        assert_eq!(host.next_wildcard(two_labels), None);
+        let mut host = RequestHost::parse(&format!("a{}", ".b".repeat(70))).unwrap();
+        assert_eq!(
+            host.next_wildcard(label_bit(64)).map(<[u8]>::len),
+            Some(141)
+        );
+        assert_eq!(
+            host.next_wildcard(label_bit(64)).map(<[u8]>::len),
+            Some(139)
+        );
     }
 }
