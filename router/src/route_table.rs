@@ -239,7 +239,7 @@ impl RouteTable {
     pub fn lookup(&self, host: &str, path: &str) -> Option<&Arc<Pool>> {
         let mut host = RequestHost::parse(host)?;
         let path = path.as_bytes();
-        let path = &path[..path.iter().position(|&b| b == b'?').unwrap_or(path.len())];
+        let path = &path[..memchr::memchr(b'?', path).unwrap_or(path.len())];
         if let Some(pool) = self
             .hosts
             .get(host.exact())

@@ -3,7 +3,7 @@
 //!
 //! One 64-bit hash of the host decides everything: its top 6 bits pick one of 64 groups,
 //! the next 6 one of the group's 64 shards, the low bits the first slot to probe in the
-//! shard. A shard is an array of slots, a power of two long and at most 3/4 full, probed
+//! shard. A shard is an array of slots, a power of two long and at most half full, probed
 //! linearly (open addressing); a slot holds the host's hash and the first of its pools,
 //! which holds the first 32 bytes of the host name. So a lookup hashes once and touches
 //! the group (64 of 1 KB: they stay cached), one or two lines of slots and the pool: the
@@ -156,8 +156,9 @@ fn build_shard(entries: Vec<Entry>) -> Shard {
     if entries.is_empty() {
         return Arc::from(Vec::new());
     }
-    // At most 3/4 full: short probe sequences, and always a free slot to end a miss.
-    let len = (entries.len() + entries.len() / 3 + 1).next_power_of_two();
+    // At most half full: a miss (every wildcard lookup starts with one) ends after two
+    // slots on average, and there is always a free slot to end it.
+    let len = (2 * entries.len()).next_power_of_two();
     let mask = len - 1;
     let mut slots: Vec<Option<Entry>> = vec![None; len];
     for entry in entries {

@@ -44,12 +44,12 @@ pub fn normalize_uri<'b>(uri: &str, buf: &'b mut String) -> (&'b str, &'b str) {
 }
 
 fn strip_port(host: &str) -> &str {
-    // Byte searches: the lookup runs this on every request.
+    // memchr, not `str::find`: the lookup runs this on every request.
     let bytes = host.as_bytes();
     let end = if bytes.first() == Some(&b'[') {
-        bytes.iter().position(|&b| b == b']').map(|end| end + 1)
+        memchr::memchr(b']', bytes).map(|end| end + 1)
     } else {
-        bytes.iter().position(|&b| b == b':')
+        memchr::memchr(b':', bytes)
     };
     &host[..end.unwrap_or(host.len())]
 }
@@ -107,7 +107,7 @@ impl RequestHost {
     pub fn next_wildcard(&mut self, suffix_labels: u64) -> Option<&[u8]> {
         loop {
             let rest = &self.buf[self.next_label..self.end];
-            let dot = self.next_label + rest.iter().position(|&b| b == b'.')?;
+            let dot = self.next_label + memchr::memchr(b'.', rest)?;
             self.next_label = dot + 1;
             self.dots_left -= 1;
             if suffix_labels & label_bit(self.dots_left + 1) != 0 {
