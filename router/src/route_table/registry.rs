@@ -422,8 +422,10 @@ impl Registry {
             return false;
         }
         let mut table = RouteTable::clone(&self.table.load());
-        let changes: Vec<HostChange> = dirty_hosts
-            .drain()
+        // Taken, not drained: after a burst the set is large, and draining would clear
+        // all of its buckets at every publish.
+        let changes: Vec<HostChange> = std::mem::take(dirty_hosts)
+            .into_iter()
             .map(|host| HostChange {
                 hash: table.hosts.hash(host.as_bytes()),
                 head: hosts
