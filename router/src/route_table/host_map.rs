@@ -5,12 +5,14 @@
 //! the next 6 one of the group's 64 shards, the low bits the first slot to probe in the
 //! shard. A shard is an array of slots, a power of two long and at most half full, probed
 //! linearly (open addressing); a slot holds the host's hash and the first of its pools,
-//! which holds the first 32 bytes of the host name. So a lookup hashes once and touches
-//! the group (64 of 1 KB: they stay cached), one or two lines of slots and the pool: the
-//! fewest cache misses the request path can pay for a table much larger than the caches.
+//! which holds the first 32 bytes of the host name. Next to each shard's slots, the
+//! group keeps a small filter of the shard's hashes. So a lookup hashes once and touches
+//! the group (64 of 2 KB: they stay cached), one or two lines of slots and the pool: the
+//! fewest cache misses the request path can pay for a table much larger than the
+//! caches. Most misses stop at the filter.
 //!
 //! A publish copies the group array (64 pointers), each group holding a changed host (64
-//! pointers) and rebuilds each shard holding a changed host from its remaining entries:
+//! shards) and rebuilds each shard holding a changed host from its remaining entries:
 //! with 4 096 shards, a shard has ~25 hosts at 100 000 routes, so a change costs a few
 //! microseconds however large the table. Shards are never changed in place, so there
 //! are no tombstones to clean.
@@ -34,8 +36,20 @@ struct Entry {
     head: Arc<Pool>,
 }
 
-/// A power-of-two array of slots, or empty.
-type Shard = Arc<[Option<Entry>]>;
+/// A power-of-two array of slots (or none), and a filter of its hosts' hashes.
+#[derive(Debug, Clone)]
+struct Shard {
+    slots: Arc<[Option<Entry>]>,
+    /// Two bits per host ([`filter_bits`]): a host whose bits are not all set is not
+    /// in the shard, so most misses (every wildcard lookup starts with one) are decided
+    /// here, in the group the lookup reads anyway, without reading the slots.
+    filter: u128,
+}
+
+/// The filter bits of a hash: from bits the group, shard and slot choice do not use.
+fn filter_bits(hash: u64) -> u128 {
+    (1 << ((hash >> 24) & 127)) | (1 << ((hash >> 32) & 127))
+}
 
 #[derive(Debug, Clone)]
 struct Group {
@@ -59,7 +73,10 @@ pub(super) struct HostMap {
 
 impl Default for HostMap {
     fn default() -> Self {
-        let empty: Shard = Arc::from(Vec::new());
+        let empty = Shard {
+            slots: Arc::from(Vec::new()),
+            filter: 0,
+        };
         let group = Arc::new(Group {
             shards: std::array::from_fn(|_| empty.clone()),
         });
@@ -94,10 +111,12 @@ impl HostMap {
     /// The first pool of `host`.
     pub fn get(&self, host: &[u8]) -> Option<&Arc<Pool>> {
         let hash = self.hash(host);
-        let slots = self.shard(hash);
-        if slots.is_empty() {
+        let shard = self.shard(hash);
+        let bits = filter_bits(hash);
+        if shard.filter & bits != bits {
             return None;
         }
+        let slots = &shard.slots;
         let mask = slots.len() - 1;
         let mut i = hash as usize & mask;
         // Terminates: a shard is never full.
@@ -117,7 +136,7 @@ impl HostMap {
         self.groups
             .iter()
             .flat_map(|group| group.shards.iter())
-            .flat_map(|shard| shard.iter().flatten())
+            .flat_map(|shard| shard.slots.iter().flatten())
             .map(|entry| &entry.head)
     }
 
@@ -133,7 +152,7 @@ impl HostMap {
             let hash = same_shard[0].hash;
             let group = Arc::make_mut(&mut self.groups[(hash >> GROUP_SHIFT) as usize]);
             let shard = &mut group.shards[(hash >> SHARD_SHIFT) as usize % SHARDS_PER_GROUP];
-            let mut entries: Vec<Entry> = shard.iter().flatten().cloned().collect();
+            let mut entries: Vec<Entry> = shard.slots.iter().flatten().cloned().collect();
             for change in same_shard {
                 let old = entries
                     .iter()
@@ -154,19 +173,27 @@ impl HostMap {
 
 fn build_shard(entries: Vec<Entry>) -> Shard {
     if entries.is_empty() {
-        return Arc::from(Vec::new());
+        return Shard {
+            slots: Arc::from(Vec::new()),
+            filter: 0,
+        };
     }
-    // At most half full: a miss (every wildcard lookup starts with one) ends after two
-    // slots on average, and there is always a free slot to end it.
+    // At most half full: a miss that passes the filter ends after two slots on
+    // average, and there is always a free slot to end it.
     let len = (2 * entries.len()).next_power_of_two();
     let mask = len - 1;
     let mut slots: Vec<Option<Entry>> = vec![None; len];
+    let mut filter = 0;
     for entry in entries {
+        filter |= filter_bits(entry.hash);
         let mut i = entry.hash as usize & mask;
         while slots[i].is_some() {
             i = (i + 1) & mask;
         }
         slots[i] = Some(entry);
     }
-    Arc::from(slots)
+    Shard {
+        slots: Arc::from(slots),
+        filter,
+    }
 }

@@ -68,8 +68,8 @@ pub struct RequestHost {
     end: usize,
     /// Where the search for the next wildcard's dot resumes.
     next_label: usize,
-    /// Dots from `next_label` on.
-    dots_left: usize,
+    /// Dots from `next_label` on; counted when the first wildcard key is asked for.
+    dots_left: Option<usize>,
 }
 
 impl RequestHost {
@@ -83,16 +83,14 @@ impl RequestHost {
         }
         let mut buf = [0u8; MAX_HOST_LEN + 1];
         let end = host.len() + 1;
-        let mut dots = 0;
         for (o, b) in buf[1..end].iter_mut().zip(host.bytes()) {
             *o = b.to_ascii_lowercase();
-            dots += usize::from(b == b'.');
         }
         Some(RequestHost {
             buf,
             end,
             next_label: 1,
-            dots_left: dots,
+            dots_left: None,
         })
     }
 
@@ -105,12 +103,18 @@ impl RequestHost {
     /// suffixes whose number of labels no wildcard route has (`suffix_labels`, see
     /// [`label_bit`]). The exact host is gone from the buffer after the first key.
     pub fn next_wildcard(&mut self, suffix_labels: u64) -> Option<&[u8]> {
+        if suffix_labels == 0 {
+            return None;
+        }
+        let dots_left = self
+            .dots_left
+            .get_or_insert_with(|| memchr::memchr_iter(b'.', &self.buf[1..self.end]).count());
         loop {
             let rest = &self.buf[self.next_label..self.end];
             let dot = self.next_label + memchr::memchr(b'.', rest)?;
             self.next_label = dot + 1;
-            self.dots_left -= 1;
-            if suffix_labels & label_bit(self.dots_left + 1) != 0 {
+            *dots_left -= 1;
+            if suffix_labels & label_bit(*dots_left + 1) != 0 {
                 self.buf[dot - 1] = b'*';
                 return Some(&self.buf[dot - 1..self.end]);
             }
