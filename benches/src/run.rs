@@ -662,6 +662,37 @@ impl Runner {
         let url = format!("http://{router}/");
         let nats_url = format!("nats://{}", self.setup.ports.nats());
         let backend = self.setup.ports.backend_http();
+        // First without load: what the router itself takes (NATS, apply, publish) plus
+        // one request, for comparison with the figure under load below, where every
+        // poll waits behind wrk's requests. A first route makes sure the router's
+        // subscription is up (it may have just started).
+        self.rt.block_on(clients::register_to_serving(
+            &nats_url,
+            router,
+            backend,
+            "latency-ready",
+            ROUTE_HOST,
+            1,
+            Duration::ZERO,
+            Duration::from_secs(5),
+        ))?;
+        let mut idle = self.rt.block_on(clients::register_to_serving(
+            &nats_url,
+            router,
+            backend,
+            "latency-idle",
+            ROUTE_HOST,
+            o.latency_samples.min(50),
+            Duration::from_millis(20),
+            Duration::from_secs(4),
+        ))?;
+        self.note(format!(
+            "register-to-serving without load: p50 {:.2} ms, p99 {:.2} ms ({} samples, {} timed out)",
+            idle.latencies.percentile_ms(50.0).unwrap_or(f64::NAN),
+            idle.latencies.percentile_ms(99.0).unwrap_or(f64::NAN),
+            idle.count,
+            idle.errors
+        ));
         let wrk = self.wrk(url, o.connections, &[], o.duration);
         let scratch = self.setup.files.dir.clone();
         let (load, result) = std::thread::scope(|s| {
@@ -691,9 +722,11 @@ impl Runner {
             p50_ms: result.latencies.percentile_ms(50.0),
             p99_ms: result.latencies.percentile_ms(99.0),
             background: format!(
-                "router under wrk -t1 -c{} keep-alive at {:.0} req/s",
+                "router under wrk -t1 -c{} keep-alive at {:.0} req/s, request p50 {:.2} ms, p99 {:.2} ms",
                 o.connections,
-                load.rate()
+                load.rate(),
+                load.p50_ms.unwrap_or(f64::NAN),
+                load.p99_ms.unwrap_or(f64::NAN)
             ),
         };
         eprintln!(
