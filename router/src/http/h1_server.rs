@@ -223,8 +223,12 @@ where
             Ok(Next::Close) | Err(_) => {
                 if !body_done {
                     linger(&mut conn).await;
+                } else if downstream.tls {
+                    // TLS says goodbye (close_notify). Plain TCP just closes: close(2)
+                    // sends the FIN, and a shutdown(2) first would be one more system
+                    // call per connection that changes nothing.
+                    let _ = conn.io.shutdown().await;
                 }
-                let _ = conn.io.shutdown().await;
                 return Start::Done;
             }
             Ok(Next::Upgrade(upstream, read_ahead, in_flight)) => {
