@@ -1,10 +1,11 @@
 //! Header rewriting on the way to the app and back, as gorouter does it.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::HeaderMap;
 use http::header::{self, HeaderName, HeaderValue};
+use smallvec::SmallVec;
 
 use crate::route_table::Endpoint;
 
@@ -46,9 +47,7 @@ pub struct Downstream {
 impl Downstream {
     /// Describes a connection from `peer`.
     pub fn new(peer: SocketAddr, tls: bool) -> Self {
-        // An IP address always formats to a valid header value.
-        let client_ip_header = HeaderValue::from_str(&peer.ip().to_string())
-            .unwrap_or(HeaderValue::from_static("unknown"));
+        let client_ip_header = ip_value(peer.ip());
         Downstream {
             peer,
             client_cert: None,
@@ -56,6 +55,29 @@ impl Downstream {
             tls,
         }
     }
+}
+
+/// `ip` as a header value. IPv4 is written digit by digit: through `Display` (four `u8`
+/// formats with padding logic) it cost ~800 instructions, once per connection.
+fn ip_value(ip: IpAddr) -> HeaderValue {
+    let IpAddr::V4(v4) = ip else {
+        // An IP address always formats to a valid header value.
+        return HeaderValue::from_str(&ip.to_string())
+            .unwrap_or(HeaderValue::from_static("unknown"));
+    };
+    let mut text = [0u8; 15];
+    let mut len = 0;
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            text[len] = b'.';
+            len += 1;
+        }
+        let mut digits = itoa::Buffer::new();
+        let digits = digits.format(octet).as_bytes();
+        text[len..len + digits.len()].copy_from_slice(digits);
+        len += digits.len();
+    }
+    small_value(&text[..len]).unwrap_or(HeaderValue::from_static("unknown"))
 }
 
 /// Removes hop-by-hop headers and those the `Connection` header names. `TE: trailers`
@@ -75,17 +97,29 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
         }
     }
     if found[0] {
-        let listed: Vec<HeaderName> = headers
+        // The values are cloned (a reference count each) so that the map can change while
+        // their tokens are read; a token is removed by `&str`, which HeaderMap parses on
+        // the stack: `Connection: close` costs one failed lookup, not an allocated name.
+        let listed: SmallVec<[HeaderValue; 2]> = headers
             .get_all(header::CONNECTION)
             .iter()
-            // Bytes, not `to_str`: one non-ASCII byte must not shield the other tokens.
-            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim_ascii()).ok())
-            .filter(|name| *name != header::HOST && *name != header::CONTENT_LENGTH)
-            .filter(|name| !HOP_BY_HOP.contains(name))
+            .cloned()
             .collect();
-        for name in listed {
-            te |= name == header::TE;
+        // Bytes, not `to_str`: one non-ASCII byte must not shield the other tokens.
+        for token in listed
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        {
+            let Ok(name) = std::str::from_utf8(token.trim_ascii()) else {
+                continue;
+            };
+            if name.is_empty()
+                || name.eq_ignore_ascii_case(header::HOST.as_str())
+                || name.eq_ignore_ascii_case(header::CONTENT_LENGTH.as_str())
+            {
+                continue;
+            }
+            // A listed TE goes entirely, `trailers` or not.
             headers.remove(name);
         }
     }
@@ -395,6 +429,36 @@ mod tests {
         let mut names = names;
         names.sort();
         assert_eq!(names, ["content-length", "host"]);
+    }
+
+    #[test]
+    fn every_connection_header_counts_and_a_listed_te_goes_entirely() {
+        let mut h = HeaderMap::new();
+        h.append(header::CONNECTION, "close".parse().unwrap());
+        h.append(header::CONNECTION, " TE ,X-B,,".parse().unwrap());
+        h.insert(header::TE, "trailers".parse().unwrap());
+        h.insert("x-b", "1".parse().unwrap());
+        // A header named like the option goes too, as in Go.
+        h.insert("close", "1".parse().unwrap());
+        h.insert("x-kept", "1".parse().unwrap());
+        remove_hop_by_hop(&mut h);
+        let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-kept"]);
+    }
+
+    #[test]
+    fn client_ips_are_written_as_header_values() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.200.5.255",
+            "255.255.255.255",
+            "::1",
+            "fe80::1:2",
+        ] {
+            let peer = SocketAddr::new(ip.parse().unwrap(), 80);
+            assert_eq!(Downstream::new(peer, false).client_ip_header, ip);
+        }
     }
 
     #[test]
