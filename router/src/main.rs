@@ -8,6 +8,15 @@ use clap::Parser;
 use router::{Config, Listeners};
 use tokio::signal::unix::{SignalKind, signal};
 
+/// mimalloc instead of glibc's malloc: per-thread free lists without locks, and no slow
+/// path for the cache-aligned allocation tokio makes for every task (one per
+/// connection). With a new connection per request glibc's `posix_memalign`, `_int_free`
+/// and chunk consolidation were ~14% of the router's user time; callgrind: 36.9k -> 34.3k
+/// instructions per request. Built without transparent huge pages (`no_thp`): with them
+/// RSS at 100 000 routes grew from 131 to 145 MiB.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Edge router: HTTP/1.1 and HTTP/2 reverse proxy fed by gorouter's NATS protocol.
 #[derive(Debug, Parser)]
 #[command(version, about)]
