@@ -237,7 +237,8 @@ impl RouteTable {
     /// host the longest context path on whole segments whose pool has endpoints, else the
     /// longest matching empty pool (answered with 503 `no_endpoints`).
     pub fn lookup(&self, host: &str, path: &str) -> Option<&Arc<Pool>> {
-        let mut host = RequestHost::parse(host)?;
+        let mut buf = [0; MAX_HOST_LEN + 1];
+        let mut host = RequestHost::parse(host, &mut buf)?;
         let path = path.as_bytes();
         let path = &path[..memchr::memchr(b'?', path).unwrap_or(path.len())];
         if let Some(pool) = self
