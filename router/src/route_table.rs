@@ -3,8 +3,9 @@
 //! Two halves, both free of I/O:
 //! - [`Registry`] is the control plane's working state: endpoints with their TTLs,
 //!   changed by `register` / `unregister` / `prune`, then `publish`ed.
-//! - [`RouteTable`] is an immutable snapshot the request path reads through one `ArcSwap`
-//!   load; `lookup(host, path)` allocates nothing and takes no lock.
+//! - [`RouteTable`] is an immutable snapshot the request path reads through an `ArcSwap`
+//!   (each worker through its [`TableReader`]); `lookup(host, path)` allocates nothing
+//!   and takes no lock.
 //!
 //! A snapshot maps each host to its pools (one per context path, longest first, linked
 //! from the first: most hosts have one). The host index ([`host_map`]) is split into
@@ -26,6 +27,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use http::HeaderValue;
 use smallvec::SmallVec;
 
@@ -218,6 +220,32 @@ impl Pool {
 /// `pool` and the same host's pools with shorter context paths, longest first.
 fn host_pools(pool: &Arc<Pool>) -> impl Iterator<Item = &Arc<Pool>> {
     std::iter::successors(Some(pool), |p| p.shorter.as_ref())
+}
+
+/// One thread's reader of the published table: it keeps the snapshot it last saw and
+/// checks at every load (one atomic read) that it is still the published one, instead of
+/// taking an `ArcSwap` guard (debt slots, a reference count) per request. A replaced
+/// snapshot is let go at the reader's next load.
+pub struct TableReader {
+    cache: arc_swap::Cache<Arc<ArcSwap<RouteTable>>, Arc<RouteTable>>,
+}
+
+impl TableReader {
+    pub fn new(table: Arc<ArcSwap<RouteTable>>) -> Self {
+        TableReader {
+            cache: arc_swap::Cache::new(table),
+        }
+    }
+
+    /// Whether this reader reads `table`.
+    pub fn reads(&self, table: &ArcSwap<RouteTable>) -> bool {
+        std::ptr::eq(self.cache.arc_swap(), table)
+    }
+
+    /// The published snapshot.
+    pub fn load(&mut self) -> &RouteTable {
+        self.cache.load()
+    }
 }
 
 /// An immutable snapshot of all routes.

@@ -5,6 +5,7 @@
 //! stream the response back. Failures before the request reached an app are retried on
 //! another endpoint, up to `backends.max_attempts`.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -25,7 +26,7 @@ use crate::balancer::{self, InFlight, Pick};
 use crate::config::Config;
 use crate::config::ForwardedClientCert;
 use crate::metrics::{Metrics, Outcome};
-use crate::route_table::{Endpoint, Pool, RouteTable};
+use crate::route_table::{Endpoint, Pool, RouteTable, TableReader};
 use crate::upstream::{self, RequestBody, SendError, UpstreamSettings, UpstreamTls};
 use crate::websocket;
 use tokio_util::task::TaskTracker;
@@ -368,19 +369,29 @@ fn request_host(req: &Request<RequestBody>) -> Option<HeaderValue> {
     req.headers().get(HOST).filter(|h| !h.is_empty()).cloned()
 }
 
+thread_local! {
+    /// This worker thread's reader of the route table.
+    static TABLE_READER: RefCell<Option<TableReader>> = const { RefCell::new(None) };
+}
+
 fn find_pool(ctx: &ProxyContext, host: &str, path: &str) -> Result<Arc<Pool>, ProxyError> {
-    let table = ctx.table.load();
-    let pool = table
-        .lookup(host, path)
-        .ok_or_else(|| ProxyError::UnknownRoute {
-            host: host.to_owned(),
-        })?;
+    let found = TABLE_READER.with_borrow_mut(|reader| {
+        let reader = match reader {
+            Some(reader) if reader.reads(&ctx.table) => reader,
+            // First request on this thread, or a thread serving another router (tests).
+            _ => reader.insert(TableReader::new(ctx.table.clone())),
+        };
+        reader.load().lookup(host, path).cloned()
+    });
+    let pool = found.ok_or_else(|| ProxyError::UnknownRoute {
+        host: host.to_owned(),
+    })?;
     if pool.endpoints.is_empty() {
         return Err(ProxyError::NoEndpoints {
             host: host.to_owned(),
         });
     }
-    Ok(pool.clone())
+    Ok(pool)
 }
 
 /// Honours `X-CF-App-Instance: APPGUID:INDEX` (then removes it): the request must go to
