@@ -16,7 +16,7 @@
 //!   exact 92 ns, wildcard 109 ns, context_path 90 ns, miss 150 ns at 1 000 routes;
 //!   exact 129 ns, wildcard 131 ns, context_path 157 ns, miss 154 ns at 100 000 routes.
 //! 2026-11-22, same settings, after: exact 80-86 ns at 1 000 routes; at 100 000 routes
-//! exact 73-127 ns (five runs), wildcard 127-138 ns, context_path 119-139 ns, miss
+//! exact 73-127 ns (four runs), wildcard 127-138 ns, context_path 119-139 ns, miss
 //! 143-162 ns: the machine's noise is larger than the change.
 #![allow(clippy::unwrap_used)]
 
