@@ -116,10 +116,14 @@ async fn accept_loop(
     stop: CancellationToken,
     connections: TaskTracker,
 ) {
+    // Registered with the token once, not at every accept.
+    let stopped = stop.cancelled();
+    tokio::pin!(stopped);
     loop {
         let accepted = tokio::select! {
+            biased;
+            () = &mut stopped => return,
             accepted = listener.socket.accept() => accepted,
-            () = stop.cancelled() => return,
         };
         match accepted {
             Ok((stream, peer)) => {
@@ -203,13 +207,7 @@ pub async fn serve_connection<I>(
     if alpn_h2 || !settings.native_http1 {
         return serve_hyper(TokioIo::new(io), downstream, ctx, settings, stop).await;
     }
-    let h1 = crate::http::h1_server::serve(
-        io,
-        downstream.clone(),
-        ctx.clone(),
-        settings.clone(),
-        stop.clone(),
-    );
+    let h1 = crate::http::h1_server::serve(io, &downstream, &ctx, &settings, &stop);
     if let Start::Http2 { io, read } = h1.await {
         serve_hyper(
             TokioIo::new(Prefixed { prefix: read, io }),

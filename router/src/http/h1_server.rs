@@ -74,10 +74,10 @@ struct Conn<I> {
 /// turns out to speak HTTP/2 with prior knowledge.
 pub async fn serve<I>(
     io: I,
-    downstream: Downstream,
-    ctx: Arc<ProxyContext>,
-    settings: Arc<DownstreamSettings>,
-    stop: CancellationToken,
+    downstream: &Downstream,
+    ctx: &Arc<ProxyContext>,
+    settings: &DownstreamSettings,
+    stop: &CancellationToken,
 ) -> Start<I>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -173,8 +173,8 @@ where
         let resp = if framing == Framing::Empty {
             handle(
                 Request::from_parts(parts, RequestBody::Empty),
-                &downstream,
-                &ctx,
+                downstream,
+                ctx,
             )
             .await
         } else {
@@ -190,7 +190,7 @@ where
             });
             let shared = Arc::new(Mutex::new(Some(source)));
             let body = RequestBody::Native(NativeBody::new(shared.clone(), framing));
-            let resp = handle(Request::from_parts(parts, body), &downstream, &ctx).await;
+            let resp = handle(Request::from_parts(parts, body), downstream, ctx).await;
             // 3. The connection back, on a message boundary if the body can be drained.
             let taken = match shared.lock() {
                 Ok(mut guard) => guard.take(),
