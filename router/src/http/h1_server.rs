@@ -39,7 +39,7 @@ use super::headers::Downstream;
 use super::proxy::{ProxyContext, handle};
 use crate::listener::DownstreamSettings;
 use crate::upstream::RequestBody;
-use crate::upstream::http1::{BodyReader, Framing};
+use crate::upstream::http1::{BodyReader, Framing, write_header};
 
 mod body;
 mod idle;
@@ -350,20 +350,17 @@ async fn write_response<I: AsyncWrite + Unpin>(
         if name == TRANSFER_ENCODING || name == CONNECTION || name == CONTENT_LENGTH {
             continue;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        write_header(out, name.as_str().as_bytes(), value.as_bytes());
     }
     if !parts.headers.contains_key(DATE) {
-        out.extend_from_slice(b"date: ");
-        with_http_date(|date| out.extend_from_slice(date));
-        out.extend_from_slice(b"\r\n");
+        with_http_date(|date| write_header(out, b"date", date));
     }
     if let (false, Some(n)) = (bodiless, exact) {
-        out.extend_from_slice(b"content-length: ");
-        out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
-        out.extend_from_slice(b"\r\n");
+        write_header(
+            out,
+            b"content-length",
+            itoa::Buffer::new().format(n).as_bytes(),
+        );
     }
     // A HEAD or 304 answer keeps the app's Content-Length (the size of the full answer),
     // if it is one valid length: the app's bytes are not checked when no body follows.
@@ -373,9 +370,7 @@ async fn write_response<I: AsyncWrite + Unpin>(
         && status != StatusCode::NO_CONTENT
         && let Some(len) = bodiless_length(&parts.headers)
     {
-        out.extend_from_slice(b"content-length: ");
-        out.extend_from_slice(len.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        write_header(out, b"content-length", len.as_bytes());
     }
     if chunked {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");

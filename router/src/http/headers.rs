@@ -1,6 +1,7 @@
 //! Header rewriting on the way to the app and back, as gorouter does it.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::LazyLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::HeaderMap;
@@ -8,6 +9,7 @@ use http::header::{self, HeaderName, HeaderValue};
 use smallvec::SmallVec;
 
 use crate::route_table::Endpoint;
+use crate::upstream::http1::write_header;
 
 pub const X_CF_ROUTER_ERROR: HeaderName = HeaderName::from_static("x-cf-routererror");
 pub const X_VCAP_REQUEST_ID: HeaderName = HeaderName::from_static("x-vcap-request-id");
@@ -34,26 +36,12 @@ static HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 /// The lengths of the [`HOP_BY_HOP`] names and `te`, as bits.
-const HOP_LENGTHS: u32 = {
-    let names = [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "te",
-    ];
-    let mut bits = 0;
-    let mut i = 0;
-    while i < names.len() {
-        bits |= 1 << names[i].len();
-        i += 1;
-    }
-    bits
-};
+static HOP_LENGTHS: LazyLock<u32> = LazyLock::new(|| {
+    HOP_BY_HOP
+        .iter()
+        .chain([&header::TE])
+        .fold(0, |bits, name| bits | 1 << name.as_str().len())
+});
 
 /// Facts about the downstream connection, computed once per connection.
 #[derive(Debug, Clone)]
@@ -111,10 +99,11 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // messages carry one of these headers or none, so most removals below never run.
     let mut found = [false; 8];
     let mut te = false;
+    let hop_lengths = *HOP_LENGTHS;
     for name in headers.keys() {
         // Most names have no hop-by-hop header's length and are not compared at all.
         let len = name.as_str().len();
-        if len >= 32 || HOP_LENGTHS >> len & 1 == 0 {
+        if len >= 32 || hop_lengths >> len & 1 == 0 {
             continue;
         }
         if let Some(i) = HOP_BY_HOP.iter().position(|hop| hop == name) {
@@ -187,10 +176,7 @@ impl AddedHeaders {
     /// request head.
     pub fn write_http1(&self, endpoint: &Endpoint, head: &mut Vec<u8>) {
         let mut line = |name: &HeaderName, value: &HeaderValue| {
-            head.extend_from_slice(name.as_str().as_bytes());
-            head.extend_from_slice(b": ");
-            head.extend_from_slice(value.as_bytes());
-            head.extend_from_slice(b"\r\n");
+            write_header(head, name.as_str().as_bytes(), value.as_bytes());
         };
         line(&X_FORWARDED_FOR, &self.forwarded_for);
         if let Some(proto) = &self.forwarded_proto {
@@ -476,7 +462,7 @@ mod tests {
     #[test]
     fn every_hop_by_hop_name_passes_the_length_filter() {
         for name in HOP_BY_HOP.iter().chain([&header::TE]) {
-            assert_ne!(HOP_LENGTHS >> name.as_str().len() & 1, 0, "{name}");
+            assert_ne!(*HOP_LENGTHS >> name.as_str().len() & 1, 0, "{name}");
         }
     }
 

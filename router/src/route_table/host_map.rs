@@ -73,10 +73,7 @@ pub(super) struct HostMap {
 
 impl Default for HostMap {
     fn default() -> Self {
-        let empty = Shard {
-            slots: Arc::from(Vec::new()),
-            filter: 0,
-        };
+        let empty = build_shard(Vec::new());
         let group = Arc::new(Group {
             shards: std::array::from_fn(|_| empty.clone()),
         });

@@ -295,21 +295,19 @@ pub fn request_head(
     let chunked = !body.is_end_stream() && exact.is_none();
     let announced = parts.headers.contains_key(CONTENT_LENGTH);
     for (name, value) in &parts.headers {
-        if name == CONTENT_LENGTH {
-            continue;
+        if name != CONTENT_LENGTH {
+            write_header(&mut head, name.as_str().as_bytes(), value.as_bytes());
         }
-        head.extend_from_slice(name.as_str().as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
-        head.extend_from_slice(b"\r\n");
     }
     added.write_http1(endpoint, &mut head);
     if chunked {
         head.extend_from_slice(b"transfer-encoding: chunked\r\n");
     } else if let Some(len) = exact.filter(|&n| n > 0 || announced) {
-        head.extend_from_slice(b"content-length: ");
-        head.extend_from_slice(itoa::Buffer::new().format(len).as_bytes());
-        head.extend_from_slice(b"\r\n");
+        write_header(
+            &mut head,
+            b"content-length",
+            itoa::Buffer::new().format(len).as_bytes(),
+        );
     }
     head.extend_from_slice(b"\r\n");
     (head, chunked)
@@ -544,11 +542,16 @@ fn has_token(headers: &HeaderMap, name: HeaderName, token: &[u8]) -> bool {
 /// Appends `name: value\r\n` for every header.
 pub fn write_headers(out: &mut Vec<u8>, headers: &HeaderMap) {
     for (name, value) in headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        write_header(out, name.as_str().as_bytes(), value.as_bytes());
     }
+}
+
+/// Appends one `name: value\r\n` line.
+pub fn write_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Reads a response body off a connection, frame by frame.
