@@ -552,23 +552,11 @@ mod tests {
         let mut child = shell("sleep 60 &\necho $!\nsleep 60");
         let lifeline = child.stdin.take();
         let mut out = child.stdout.take().unwrap();
-        let mut line = Vec::new();
-        let mut byte = [0u8; 1];
-        while out.read(&mut byte).await.unwrap() == 1 && byte[0] != b'\n' {
-            line.push(byte[0]);
-        }
-        let descendant: u32 = String::from_utf8(line).unwrap().trim().parse().unwrap();
+        let descendant: u32 = line(&mut out).await.trim().parse().unwrap();
         assert!(!gone(descendant));
 
         drop(lifeline);
-        let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
-            .await
-            .expect("the shell dies once the lifeline is closed")
-            .unwrap();
-        assert_eq!(
-            std::os::unix::process::ExitStatusExt::signal(&status),
-            Some(9)
-        );
+        assert_killed(&mut child, "the shell dies once the lifeline is closed").await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while !gone(descendant) {
             assert!(
@@ -593,6 +581,36 @@ mod tests {
         String::from_utf8(line).unwrap()
     }
 
+    /// Waits (bounded) for `child` to end, and asserts that SIGKILL ended it.
+    async fn assert_killed(child: &mut Child, what: &str) {
+        let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+            .await
+            .expect(what)
+            .unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9)
+        );
+    }
+
+    /// An instance shell running [`app`]`(on_term)`, once the app has said "ready": the
+    /// shell, its clean-up guard, its lifeline and its output.
+    async fn ready_app(
+        on_term: &str,
+    ) -> (
+        Child,
+        KillGroupOnDrop,
+        Option<tokio::process::ChildStdin>,
+        tokio::process::ChildStdout,
+    ) {
+        let mut child = shell(&app(on_term));
+        let kill = KillGroupOnDrop(child.id().unwrap());
+        let lifeline = child.stdin.take();
+        let mut out = child.stdout.take().unwrap();
+        assert_eq!(line(&mut out).await, "ready");
+        (child, kill, lifeline, out)
+    }
+
     /// An app (a shell here, as any program the command starts) that answers SIGTERM with
     /// `on_term` and otherwise runs until killed.
     fn app(on_term: &str) -> String {
@@ -615,11 +633,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_stop_lets_the_app_finish_and_keeps_its_exit_status() {
-        let mut child = shell(&app("echo finishing; exit 3"));
-        let _kill = KillGroupOnDrop(child.id().unwrap());
-        let _lifeline = child.stdin.take();
-        let mut out = child.stdout.take().unwrap();
-        assert_eq!(line(&mut out).await, "ready");
+        let (mut child, _kill, _lifeline, mut out) = ready_app("echo finishing; exit 3").await;
 
         // The stop's SIGTERM to the group: the shell must not die of it, or the agent
         // would SIGKILL the app at once; it waits for the app and exits as the app did.
@@ -635,23 +649,12 @@ mod tests {
     #[tokio::test]
     async fn closing_the_lifeline_during_a_stop_still_kills_the_group() {
         // An app that SIGTERM does not end: the watchdog must outlive the SIGTERM too.
-        let mut child = shell(&app("echo not yet"));
-        let _kill = KillGroupOnDrop(child.id().unwrap());
-        let lifeline = child.stdin.take();
-        let mut out = child.stdout.take().unwrap();
-        assert_eq!(line(&mut out).await, "ready");
+        let (mut child, _kill, lifeline, mut out) = ready_app("echo not yet").await;
         sigterm_group(&child);
         assert_eq!(line(&mut out).await, "not yet");
 
         drop(lifeline);
-        let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
-            .await
-            .expect("the shell dies once the lifeline is closed")
-            .unwrap();
-        assert_eq!(
-            std::os::unix::process::ExitStatusExt::signal(&status),
-            Some(9)
-        );
+        assert_killed(&mut child, "the shell dies once the lifeline is closed").await;
     }
 
     #[tokio::test]

@@ -5,7 +5,7 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use serde_json::Value;
 
-use crate::support::{Platform, WAIT, alive, eventually};
+use crate::support::{Platform, WAIT, alive, eventually, hello_push};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_instance_is_restarted_and_routable_again() {
@@ -53,14 +53,10 @@ async fn crash_looping_app_restarts_three_times_then_backs_off() {
     )
     .unwrap();
     let opts = PushOptions {
-        name: "looper".to_owned(),
         path: dir.path().to_owned(),
         command: Some("python3 crash.py".to_owned()),
-        instances: Some(1),
         memory_mb: Some(64),
-        route: None,
-        no_route: false,
-        timeout: WAIT,
+        ..hello_push("looper", 1)
     };
     let err = cli::push(&p.client(), &opts, &mut std::io::sink())
         .await
@@ -225,14 +221,10 @@ async fn a_request_in_progress_completes_when_its_instance_is_stopped() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("slow.py"), SLOW_APP).unwrap();
     let opts = PushOptions {
-        name: "slow".to_owned(),
         path: dir.path().to_owned(),
         command: Some("python3 slow.py".to_owned()),
-        instances: Some(1),
         memory_mb: Some(64),
-        route: None,
-        no_route: false,
-        timeout: WAIT,
+        ..hello_push("slow", 1)
     };
     cli::push(&p.client(), &opts, &mut std::io::sink())
         .await

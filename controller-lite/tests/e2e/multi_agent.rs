@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use controller_lite::agent::{self, AgentConfig, DropletSource};
-use controller_lite::cli::{self, PushOptions};
+use controller_lite::cli;
 use controller_lite::client::{ApiClient, get_with_host};
 use controller_lite::controller::Controller;
 use controller_lite::health_manager::AGENT_TIMEOUT;
@@ -26,7 +26,7 @@ use router::config::NatsHost;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{WAIT, eventually, hello_dir};
+use crate::support::{WAIT, eventually, hello_push};
 
 /// A real `nats-server` on a free port, killed on drop.
 struct NatsServer {
@@ -155,16 +155,7 @@ impl Cluster {
     /// Pushes the example app as `name` with `instances` instances (route
     /// `NAME.localhost`); returns its GUID.
     async fn push_hello(&self, name: &str, instances: u32) -> String {
-        let opts = PushOptions {
-            name: name.to_owned(),
-            path: hello_dir(),
-            command: None,
-            instances: Some(instances),
-            memory_mb: Some(128),
-            route: None,
-            no_route: false,
-            timeout: WAIT,
-        };
+        let opts = hello_push(name, instances);
         cli::push(&self.api, &opts, &mut std::io::sink())
             .await
             .unwrap()["guid"]

@@ -86,16 +86,7 @@ impl Platform {
 
     /// Pushes the example app.
     pub async fn push_hello(&self, name: &str, instances: u32) -> Value {
-        let opts = PushOptions {
-            name: name.to_owned(),
-            path: hello_dir(),
-            command: None,
-            instances: Some(instances),
-            memory_mb: Some(128),
-            route: None,
-            no_route: false,
-            timeout: WAIT,
-        };
+        let opts = hello_push(name, instances);
         cli::push(&self.client(), &opts, &mut std::io::sink())
             .await
             .unwrap()
@@ -145,6 +136,21 @@ impl Platform {
 /// The example app shipped in the repository.
 pub fn hello_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/hello")
+}
+
+/// Push options of the example app as `name` with `instances` instances (128 MB, route
+/// `NAME.localhost`); other apps override the fields they change.
+pub fn hello_push(name: &str, instances: u32) -> PushOptions {
+    PushOptions {
+        name: name.to_owned(),
+        path: hello_dir(),
+        command: None,
+        instances: Some(instances),
+        memory_mb: Some(128),
+        route: None,
+        no_route: false,
+        timeout: WAIT,
+    }
 }
 
 /// Polls `check` every 100 ms until it yields a value; panics naming `what` after

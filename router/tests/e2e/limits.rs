@@ -20,13 +20,19 @@ fn time_until_closed(stream: &mut TcpStream, limit: Duration) -> Duration {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_keep_alive_connections_are_closed_after_frontend_idle_timeout() {
+/// A router routing idle.example.com to a backend (returned to keep it up), whose
+/// keep-alive connections idle out after `timeout`.
+async fn idle_router(timeout: Duration) -> (Backend, TestRouter) {
     let backend = Backend::http("idle").await;
     let mut config = test_config();
-    config.frontend_idle_timeout = Duration::from_millis(300);
+    config.frontend_idle_timeout = timeout;
     config.routes = vec![backend.registration(&["idle.example.com"])];
-    let router = TestRouter::start(config).await;
+    (backend, TestRouter::start(config).await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_connections_are_closed_after_frontend_idle_timeout() {
+    let (_backend, router) = idle_router(Duration::from_millis(300)).await;
     let addr = router.http;
     tokio::task::spawn_blocking(move || {
         let mut stream = TcpStream::connect(addr).unwrap();
@@ -51,11 +57,7 @@ async fn idle_keep_alive_connections_are_closed_after_frontend_idle_timeout() {
 /// keep a connection alive well past the first deadline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_request_restarts_the_idle_deadline() {
-    let backend = Backend::http("idle").await;
-    let mut config = test_config();
-    config.frontend_idle_timeout = Duration::from_millis(400);
-    config.routes = vec![backend.registration(&["idle.example.com"])];
-    let router = TestRouter::start(config).await;
+    let (_backend, router) = idle_router(Duration::from_millis(400)).await;
     let addr = router.http;
     tokio::task::spawn_blocking(move || {
         let mut stream = TcpStream::connect(addr).unwrap();
