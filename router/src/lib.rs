@@ -12,6 +12,7 @@
 //! - [`websocket`]: after a 101, joins client and endpoint with a byte pipe.
 //! - [`tcp`]: TCP routes (`external_port`): a listener per routed port, then a pipe.
 //! - [`pipe`]: moves bytes both ways between two connections, zero-copy (splice) on Linux.
+//! - [`deadline`]: a connection's timer, reused for the deadlines of its requests.
 //!
 //! Around it:
 //! - [`protocol`]: gorouter's NATS subjects and payloads (shared with the other crates).
@@ -31,6 +32,7 @@ pub mod access_log;
 pub mod balancer;
 pub mod bus;
 pub mod config;
+pub mod deadline;
 pub mod fuzzing;
 pub mod http;
 pub mod listener;

@@ -283,7 +283,7 @@ async fn serve_hyper<I>(
         let ctx = ctx.clone();
         async move {
             let req = req.map(crate::upstream::RequestBody::from_incoming);
-            Ok::<_, Infallible>(handle(req, &downstream, &ctx).await)
+            Ok::<_, Infallible>(handle(req, &downstream, &ctx, None).await)
         }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());

@@ -16,6 +16,7 @@ use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::time::Instant;
 
+use crate::deadline::LentTimer;
 use crate::http::headers::AddedHeaders;
 use crate::route_table::{Endpoint, UpstreamProtocol};
 use crate::tls::TlsFailure;
@@ -99,6 +100,7 @@ pub fn send<'a>(
     settings: &'a UpstreamSettings,
     started: Instant,
     upgrade: bool,
+    timer: Option<LentTimer<'a>>,
 ) -> impl std::future::Future<Output = Result<Response<UpstreamBody>, SendError>> + Send + 'a {
     use futures_util::future::Either;
     let deadline =
@@ -108,12 +110,28 @@ pub fn send<'a>(
     // connection's task, idle ones included.
     if settings.http2 && endpoint.data.protocol == UpstreamProtocol::Http2 && !upgrade {
         Either::Left(Box::pin(send_http2(
-            endpoint, req, added, settings, deadline,
+            endpoint,
+            req,
+            added,
+            settings,
+            RequestDeadline {
+                at: deadline,
+                timer,
+            },
         )))
     } else {
         let (parts, body) = req.into_parts();
         Either::Right(send_http1(
-            endpoint, parts, body, added, settings, deadline, upgrade,
+            endpoint,
+            parts,
+            body,
+            added,
+            settings,
+            RequestDeadline {
+                at: deadline,
+                timer,
+            },
+            upgrade,
         ))
     }
 }
@@ -124,7 +142,7 @@ async fn send_http1(
     mut body: RequestBody,
     added: &AddedHeaders,
     settings: &UpstreamSettings,
-    deadline: Option<Instant>,
+    mut deadline: RequestDeadline<'_>,
     upgrade: bool,
 ) -> Result<Response<UpstreamBody>, SendError> {
     let (head, chunked) = http1::request_head(&parts, &body, added, endpoint);
@@ -143,7 +161,8 @@ async fn send_http1(
     let replayable = body.is_end_stream() && is_idempotent(&parts.method);
     let exchange = loop {
         let result = with_deadline(
-            deadline,
+            deadline.at,
+            deadline.timer.as_mut().map(|t| t.as_mut()),
             exchange_http1(&mut conn, &head, &mut body, chunked, &parts.method),
         )
         .await
@@ -190,7 +209,7 @@ async fn send_http1(
         key: endpoint.key.clone(),
         max_idle: settings.max_idle_per_host,
     };
-    let deadline = deadline.map(body::Deadline::at);
+    let deadline = deadline.at.map(body::Deadline::at);
     Ok(exchange.into_response(UpstreamBody::http1(body, deadline)))
 }
 
@@ -299,7 +318,7 @@ async fn send_http2(
     mut req: Request<RequestBody>,
     added: &AddedHeaders,
     settings: &UpstreamSettings,
-    deadline: Option<Instant>,
+    deadline: RequestDeadline<'_>,
 ) -> Result<Response<UpstreamBody>, SendError> {
     // hyper's HTTP/2 client takes headers from the map only. A request handed back
     // unsent keeps them: harmless, the next attempt inserts over them.
@@ -337,7 +356,11 @@ async fn send_http2(
             Box::new(req),
         ));
     }
-    match with_deadline(deadline, sender.send_request(req)).await {
+    let RequestDeadline {
+        at: deadline,
+        timer,
+    } = deadline;
+    match with_deadline(deadline, timer, sender.send_request(req)).await {
         Ok(Ok(resp)) => {
             Ok(resp.map(|inner| UpstreamBody::http2(inner, deadline.map(body::Deadline::at))))
         }
@@ -366,18 +389,30 @@ async fn connect_http2(
     Ok(sender)
 }
 
-/// `fut`, failed with [`UpstreamError::Timeout`] at `deadline`. Not an `async fn`: that
-/// would hold `fut` twice in its state (as argument and inside the timeout), and these
-/// futures live in every connection's task.
-fn with_deadline<F: std::future::Future>(
+/// When a request times out (`endpoint_timeout` from its start), and the timer that
+/// keeps that deadline when the downstream connection lends one.
+struct RequestDeadline<'t> {
+    at: Option<Instant>,
+    timer: Option<LentTimer<'t>>,
+}
+
+/// `fut`, failed with [`UpstreamError::Timeout`] at `deadline`, on the connection's timer
+/// when it lends one. Not an `async fn`: that would hold `fut` twice in its state (as
+/// argument and inside the timeout), and these futures live in every connection's task.
+fn with_deadline<'t, F: std::future::Future + 't>(
     deadline: Option<Instant>,
+    timer: Option<LentTimer<'t>>,
     fut: F,
-) -> impl std::future::Future<Output = Result<F::Output, UpstreamError>> {
+) -> impl std::future::Future<Output = Result<F::Output, UpstreamError>> + 't {
     use futures_util::future::{Either, FutureExt as _};
-    match deadline {
-        Some(deadline) => Either::Left(
+    match (deadline, timer) {
+        (Some(deadline), Some(timer)) => Either::Left(Either::Left(
+            crate::deadline::before(fut, timer, deadline)
+                .map(|r| r.map_err(|_| UpstreamError::Timeout)),
+        )),
+        (Some(deadline), None) => Either::Left(Either::Right(
             tokio::time::timeout_at(deadline, fut).map(|r| r.map_err(|_| UpstreamError::Timeout)),
-        ),
-        None => Either::Right(fut.map(Ok)),
+        )),
+        (None, _) => Either::Right(fut.map(Ok)),
     }
 }

@@ -37,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 use super::body::ProxyBody;
 use super::headers::Downstream;
 use super::proxy::{ProxyContext, handle};
+use crate::deadline;
 use crate::listener::DownstreamSettings;
 use crate::upstream::RequestBody;
 use crate::upstream::http1::{BodyReader, Framing, write_header};
@@ -91,9 +92,12 @@ where
     };
     let head_limit = settings.max_request_header_bytes + 64 * 1024;
     // The head deadline moves with every request; the timer follows only when it fires
-    // (see `head_timeout`), so a keep-alive request costs no timer-wheel update.
+    // (see `deadline`), so a keep-alive request costs no timer-wheel update.
     let timer = tokio::time::sleep(settings.header_read_timeout);
     tokio::pin!(timer);
+    // The requests' deadlines (`endpoint_timeout`), on one timer likewise.
+    let request_timer = tokio::time::sleep(settings.header_read_timeout);
+    tokio::pin!(request_timer);
     // Registered once with the token, not at every wait.
     let stopped = stop.cancelled();
     tokio::pin!(stopped);
@@ -140,7 +144,7 @@ where
                 idle::give_back(&mut conn.buf, &mut conn.out);
                 tokio::select! {
                     () = idle::readable(&conn.io) => {}
-                    () = head_timeout(timer.as_mut(), head_deadline) => return Start::Done,
+                    () = deadline::reached(timer.as_mut(), head_deadline) => return Start::Done,
                     () = &mut stopped => return Start::Done,
                 }
                 conn.buf = idle::take_read_buffer();
@@ -149,7 +153,7 @@ where
             conn.buf.reserve(4 * 1024);
             let read = tokio::select! {
                 read = conn.io.read_buf(&mut conn.buf) => read,
-                () = head_timeout(timer.as_mut(), head_deadline) => return Start::Done,
+                () = deadline::reached(timer.as_mut(), head_deadline) => return Start::Done,
                 // Idle connections close at once on shutdown; a head in progress finishes.
                 () = &mut stopped, if idle => return Start::Done,
             };
@@ -175,6 +179,7 @@ where
                 Request::from_parts(parts, RequestBody::Empty),
                 downstream,
                 ctx,
+                Some(request_timer.as_mut()),
             )
             .await
         } else {
@@ -190,7 +195,13 @@ where
             });
             let shared = Arc::new(Mutex::new(Some(source)));
             let body = RequestBody::Native(NativeBody::new(shared.clone(), framing));
-            let resp = handle(Request::from_parts(parts, body), downstream, ctx).await;
+            let resp = handle(
+                Request::from_parts(parts, body),
+                downstream,
+                ctx,
+                Some(request_timer.as_mut()),
+            )
+            .await;
             // 3. The connection back, on a message boundary if the body can be drained.
             let taken = match shared.lock() {
                 Ok(mut guard) => guard.take(),
@@ -243,18 +254,6 @@ where
                 return Start::Done;
             }
         }
-    }
-}
-
-/// Resolves at `deadline`. `timer` may be set earlier (for a previous request's head):
-/// it is then moved on to `deadline` when it fires, instead of at every request.
-async fn head_timeout(mut timer: std::pin::Pin<&mut tokio::time::Sleep>, deadline: Instant) {
-    loop {
-        timer.as_mut().await;
-        if timer.deadline() >= deadline {
-            return;
-        }
-        timer.as_mut().reset(deadline);
     }
 }
 

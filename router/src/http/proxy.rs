@@ -25,6 +25,7 @@ use crate::access_log::{AccessLog, AccessRecord};
 use crate::balancer::{self, InFlight, Pick};
 use crate::config::Config;
 use crate::config::ForwardedClientCert;
+use crate::deadline::LentTimer;
 use crate::metrics::{Metrics, Outcome};
 use crate::route_table::{Endpoint, Pool, RouteTable, TableReader};
 use crate::upstream::{self, RequestBody, SendError, UpstreamSettings, UpstreamTls};
@@ -104,10 +105,12 @@ struct Exchange {
 }
 
 /// Serves one downstream request; never fails (errors become gorouter's error responses).
+/// `timer`, when the connection lends one, keeps the request's deadline.
 pub async fn handle(
     req: Request<RequestBody>,
     downstream: &Downstream,
     ctx: &Arc<ProxyContext>,
+    timer: Option<LentTimer<'_>>,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     let request_id = ctx
@@ -120,7 +123,16 @@ pub async fn handle(
         .is_some()
         .then(|| begin_record(&req, downstream, &request_id));
     let mut exchange = Exchange::default();
-    let result = proxy(req, downstream, ctx, &request_id, started, &mut exchange).await;
+    let result = proxy(
+        req,
+        downstream,
+        ctx,
+        &request_id,
+        started,
+        &mut exchange,
+        timer,
+    )
+    .await;
     let (mut resp, outcome) = match result {
         Ok(resp) => (resp, Outcome::Routed),
         Err(err) => {
@@ -166,6 +178,7 @@ async fn proxy(
     request_id: &HeaderValue,
     started: Instant,
     exchange: &mut Exchange,
+    mut timer: Option<LentTimer<'_>>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let target = req.uri().path_and_query().map_or("/", PathAndQuery::as_str);
     if headers::request_header_size(req.method().as_str(), target, req.headers())
@@ -194,7 +207,7 @@ async fn proxy(
     let downstream_upgrade = upgrade
         .as_ref()
         .and_then(|_| req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>());
-    let (mut req, added) = prepare_request(req, &host, downstream, request_id);
+    let added = prepare_request(&mut req, &host, downstream, request_id);
     headers::forward_client_cert(req.headers_mut(), downstream, ctx.forwarded_client_cert);
     if let Some(upgrade) = &upgrade {
         websocket::restore_upgrade_headers(req.headers_mut(), upgrade);
@@ -233,6 +246,7 @@ async fn proxy(
             &ctx.upstream,
             started,
             upgrade.is_some(),
+            timer.as_mut().map(|t| t.as_mut()),
         )
         .await;
         exchange.backend_time = sent_at.elapsed();
@@ -439,11 +453,11 @@ pub fn parse_app_instance(value: &[u8]) -> Result<(&str, &str), ProxyError> {
 /// Makes the request fit to send upstream: HTTP/1.1, origin-form target, a Host header;
 /// and the forwarding headers, set once whatever the attempts.
 fn prepare_request(
-    mut req: Request<RequestBody>,
+    req: &mut Request<RequestBody>,
     host: &HeaderValue,
     downstream: &Downstream,
     request_id: &HeaderValue,
-) -> (Request<RequestBody>, headers::AddedHeaders) {
+) -> headers::AddedHeaders {
     if req.uri().scheme().is_some() || req.uri().authority().is_some() {
         // The target's authority is the host (absolute form, HTTP/2): the app sees the
         // host the request was routed on, not a different Host line (RFC 9112 3.2.2).
@@ -462,8 +476,7 @@ fn prepare_request(
     if !req.headers().contains_key(HOST) {
         req.headers_mut().insert(HOST, host.clone());
     }
-    let added = headers::rewrite_request(req.headers_mut(), downstream, request_id);
-    (req, added)
+    headers::rewrite_request(req.headers_mut(), downstream, request_id)
 }
 
 /// The access-log fields known when the request arrives.

@@ -283,6 +283,44 @@ async fn an_upstream_that_accepts_and_hangs_is_502_at_endpoint_timeout() {
     assert_eq!(app.open.load(Ordering::Relaxed), 0);
 }
 
+/// Every request on a keep-alive connection has the whole `endpoint_timeout`: the
+/// connection keeps its requests' deadlines on one timer, which must move on to each
+/// request's own deadline rather than fire at a previous one's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_request_on_a_keep_alive_connection_has_the_whole_endpoint_timeout() {
+    let app = FaultyApp::start(Fault::Hang).await;
+    let (router, _healthy) =
+        router_with(&app.route("hang.example.com"), "endpoint_timeout: 600ms\n").await;
+    let addr = router.http;
+    let (first, second, waited) = tokio::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let first = exchange_on(
+            &mut stream,
+            b"GET / HTTP/1.1\r\nHost: ok.example.com\r\n\r\n",
+        );
+        // The scenario, not a synchronisation: the first request's deadline must fall
+        // while the second request waits.
+        std::thread::sleep(Duration::from_millis(300));
+        let sent = Instant::now();
+        let second = exchange_on(
+            &mut stream,
+            b"GET / HTTP/1.1\r\nHost: hang.example.com\r\n\r\n",
+        );
+        (first, second, sent.elapsed())
+    })
+    .await
+    .unwrap();
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    assert!(second.starts_with("HTTP/1.1 502"), "{second}");
+    assert!(
+        waited >= Duration::from_millis(550) && waited < Duration::from_secs(4),
+        "the second request failed after {waited:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_from_an_upstream_is_502_and_leaks_nothing() {
     const GARBAGE: [&[u8]; 7] = [

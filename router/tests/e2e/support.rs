@@ -428,6 +428,12 @@ pub async fn get(router: SocketAddr, host: &str, path: &str, extra: &[(&str, &st
 pub fn raw_exchange(addr: SocketAddr, request: &[u8], timeout: Duration) -> String {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream.set_read_timeout(Some(timeout)).unwrap();
+    exchange_on(&mut stream, request)
+}
+
+/// Sends raw bytes on an open connection and returns what is read until one full
+/// response (with a Content-Length) is in, the server closes, or the read timeout passes.
+pub fn exchange_on(stream: &mut TcpStream, request: &[u8]) -> String {
     stream.write_all(request).unwrap();
     let mut out = Vec::new();
     let mut buf = [0u8; 8192];
@@ -436,7 +442,6 @@ pub fn raw_exchange(addr: SocketAddr, request: &[u8], timeout: Duration) -> Stri
             Ok(0) | Err(_) => break,
             Ok(n) => {
                 out.extend_from_slice(&buf[..n]);
-                // One full response is enough for these tests.
                 if std::str::from_utf8(&out).is_ok_and(response_complete) {
                     break;
                 }
