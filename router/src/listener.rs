@@ -204,18 +204,28 @@ pub async fn serve_connection<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // hyper's connection future is boxed: it is kilobytes, and inline it would be part of
+    // every connection's future, native HTTP/1 ones included (moved at spawn, and
+    // resident while the connection lives).
     if alpn_h2 || !settings.native_http1 {
-        return serve_hyper(TokioIo::new(io), downstream, ctx, settings, stop).await;
+        return Box::pin(serve_hyper(
+            TokioIo::new(io),
+            downstream,
+            ctx,
+            settings,
+            stop,
+        ))
+        .await;
     }
     let h1 = crate::http::h1_server::serve(io, &downstream, &ctx, &settings, &stop);
     if let Start::Http2 { io, read } = h1.await {
-        serve_hyper(
+        Box::pin(serve_hyper(
             TokioIo::new(Prefixed { prefix: read, io }),
             downstream,
             ctx,
             settings,
             stop,
-        )
+        ))
         .await;
     }
 }

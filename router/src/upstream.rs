@@ -136,7 +136,11 @@ pub fn send<'a>(
     }
 }
 
-async fn send_http1(
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn holds its arguments twice (see proxy::handle)"
+)]
+fn send_http1(
     endpoint: &Endpoint,
     parts: http::request::Parts,
     mut body: RequestBody,
@@ -144,73 +148,75 @@ async fn send_http1(
     settings: &UpstreamSettings,
     mut deadline: RequestDeadline<'_>,
     upgrade: bool,
-) -> Result<Response<UpstreamBody>, SendError> {
-    let (head, chunked) = http1::request_head(&parts, &body, added, endpoint);
-    let not_sent =
-        |err, parts, body| SendError::NotSent(err, Box::new(Request::from_parts(parts, body)));
+) -> impl std::future::Future<Output = Result<Response<UpstreamBody>, SendError>> {
+    async move {
+        let (head, chunked) = http1::request_head(&parts, &body, added, endpoint);
+        let not_sent =
+            |err, parts, body| SendError::NotSent(err, Box::new(Request::from_parts(parts, body)));
 
-    // A pooled connection first; if the endpoint closed it as we wrote (the keep-alive
-    // race), a bodiless request goes again on a fresh connection.
-    let mut conn = match pool::checkout(&endpoint.key, settings.idle_timeout) {
-        Some(conn) => conn,
-        None => match Box::pin(dial_http1(endpoint, settings)).await {
-            Ok(conn) => conn,
-            Err(err) => return Err(not_sent(err, parts, body)),
-        },
-    };
-    let replayable = body.is_end_stream() && is_idempotent(&parts.method);
-    let exchange = loop {
-        let result = with_deadline(
-            deadline.at,
-            deadline.timer.as_mut().map(|t| t.as_mut()),
-            exchange_http1(&mut conn, &head, &mut body, chunked, &parts.method),
-        )
-        .await
-        .map_err(SendError::Failed)?;
-        match result {
-            Ok(head) => break head,
-            // The request never left: another endpoint may have it, or a fresh
-            // connection when this one was a pooled one gone stale.
-            Err(Exchange::Unsent(err)) if !conn.reused => {
-                return Err(not_sent(UpstreamError::Http1(err), parts, body));
-            }
-            Err(Exchange::Unsent(err)) | Err(Exchange::ClosedUnanswered(err))
-                if conn.reused && (replayable || matches!(body, RequestBody::Empty)) =>
-            {
-                tracing::debug!(endpoint = %endpoint.key, error = %err, "pooled connection was closed; using a new one");
-            }
-            // A fresh connection closed (or reset) with no answer: an app going away, or
-            // one whose listener closed with us in its backlog. As gorouter does for an
-            // EOF, an idempotent bodiless request goes to another endpoint.
-            Err(Exchange::ClosedUnanswered(err)) if !conn.reused && replayable => {
-                return Err(not_sent(UpstreamError::Http1(err), parts, body));
-            }
-            Err(
-                Exchange::Unsent(err) | Exchange::ClosedUnanswered(err) | Exchange::Failed(err),
-            ) => {
-                return Err(SendError::Failed(UpstreamError::Http1(err)));
-            }
-        }
-        conn = match Box::pin(dial_http1(endpoint, settings)).await {
-            Ok(conn) => conn,
-            Err(err) => return Err(not_sent(err, parts, body)),
+        // A pooled connection first; if the endpoint closed it as we wrote (the keep-alive
+        // race), a bodiless request goes again on a fresh connection.
+        let mut conn = match pool::checkout(&endpoint.key, settings.idle_timeout) {
+            Some(conn) => conn,
+            None => match Box::pin(dial_http1(endpoint, settings)).await {
+                Ok(conn) => conn,
+                Err(err) => return Err(not_sent(err, parts, body)),
+            },
         };
-    };
-    // The request went out: its header map serves the next request head.
-    crate::http::headers::recycle_map(parts.headers);
-    if exchange.status == http::StatusCode::SWITCHING_PROTOCOLS && upgrade {
-        let (io, read_ahead) = conn.into_upgraded();
-        return Ok(exchange.into_response(UpstreamBody::upgraded(io, read_ahead)));
+        let replayable = body.is_end_stream() && is_idempotent(&parts.method);
+        let exchange = loop {
+            let result = with_deadline(
+                deadline.at,
+                deadline.timer.as_mut().map(|t| t.as_mut()),
+                exchange_http1(&mut conn, &head, &mut body, chunked, &parts.method),
+            )
+            .await
+            .map_err(SendError::Failed)?;
+            match result {
+                Ok(head) => break head,
+                // The request never left: another endpoint may have it, or a fresh
+                // connection when this one was a pooled one gone stale.
+                Err(Exchange::Unsent(err)) if !conn.reused => {
+                    return Err(not_sent(UpstreamError::Http1(err), parts, body));
+                }
+                Err(Exchange::Unsent(err)) | Err(Exchange::ClosedUnanswered(err))
+                    if conn.reused && (replayable || matches!(body, RequestBody::Empty)) =>
+                {
+                    tracing::debug!(endpoint = %endpoint.key, error = %err, "pooled connection was closed; using a new one");
+                }
+                // A fresh connection closed (or reset) with no answer: an app going away, or
+                // one whose listener closed with us in its backlog. As gorouter does for an
+                // EOF, an idempotent bodiless request goes to another endpoint.
+                Err(Exchange::ClosedUnanswered(err)) if !conn.reused && replayable => {
+                    return Err(not_sent(UpstreamError::Http1(err), parts, body));
+                }
+                Err(
+                    Exchange::Unsent(err) | Exchange::ClosedUnanswered(err) | Exchange::Failed(err),
+                ) => {
+                    return Err(SendError::Failed(UpstreamError::Http1(err)));
+                }
+            }
+            conn = match Box::pin(dial_http1(endpoint, settings)).await {
+                Ok(conn) => conn,
+                Err(err) => return Err(not_sent(err, parts, body)),
+            };
+        };
+        // The request went out: its header map serves the next request head.
+        crate::http::headers::recycle_map(parts.headers);
+        if exchange.status == http::StatusCode::SWITCHING_PROTOCOLS && upgrade {
+            let (io, read_ahead) = conn.into_upgraded();
+            return Ok(exchange.into_response(UpstreamBody::upgraded(io, read_ahead)));
+        }
+        let body = Http1Body {
+            reader: http1::BodyReader::new(exchange.framing),
+            keep_alive: exchange.keep_alive,
+            conn: Some(conn),
+            key: endpoint.key.clone(),
+            max_idle: settings.max_idle_per_host,
+        };
+        let deadline = deadline.at.map(body::Deadline::at);
+        Ok(exchange.into_response(UpstreamBody::http1(body, deadline)))
     }
-    let body = Http1Body {
-        reader: http1::BodyReader::new(exchange.framing),
-        keep_alive: exchange.keep_alive,
-        conn: Some(conn),
-        key: endpoint.key.clone(),
-        max_idle: settings.max_idle_per_host,
-    };
-    let deadline = deadline.at.map(body::Deadline::at);
-    Ok(exchange.into_response(UpstreamBody::http1(body, deadline)))
 }
 
 /// How an HTTP/1 exchange failed.

@@ -6,6 +6,7 @@
 //! another endpoint, up to `backends.max_attempts`.
 
 use std::cell::RefCell;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -106,72 +107,87 @@ struct Exchange {
 
 /// Serves one downstream request; never fails (errors become gorouter's error responses).
 /// `timer`, when the connection lends one, keeps the request's deadline.
-pub async fn handle(
+///
+/// The stages of a request are plain functions returning an `async move` block rather
+/// than `async fn`s: an `async fn` copies each argument into a local of its own at the
+/// first poll, so its future holds the request twice (264 bytes each) and copies it once
+/// more, at each of the nested stages.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn holds its arguments twice (see proxy::handle)"
+)]
+pub fn handle(
     req: Request<RequestBody>,
     downstream: &Downstream,
     ctx: &Arc<ProxyContext>,
     timer: Option<LentTimer<'_>>,
-) -> Response<ProxyBody> {
-    let started = Instant::now();
-    let request_id = ctx
-        .w3c_tenant
-        .as_ref()
-        .and_then(|_| w3c::request_id_from_trace(req.headers()))
-        .unwrap_or_else(headers::new_request_id);
-    let record = ctx
-        .access_log
-        .is_some()
-        .then(|| begin_record(&req, downstream, &request_id));
-    let mut exchange = Exchange::default();
-    let result = proxy(
-        req,
-        downstream,
-        ctx,
-        &request_id,
-        started,
-        &mut exchange,
-        timer,
-    )
-    .await;
-    let (mut resp, outcome) = match result {
-        Ok(resp) => (resp, Outcome::Routed),
-        Err(err) => {
-            match &err {
-                ProxyError::Endpoint(e) => {
-                    tracing::warn!(error = %e, request_id = ?request_id, "endpoint failure")
+) -> impl Future<Output = Response<ProxyBody>> {
+    async move {
+        let started = Instant::now();
+        let request_id = ctx
+            .w3c_tenant
+            .as_ref()
+            .and_then(|_| w3c::request_id_from_trace(req.headers()))
+            .unwrap_or_else(headers::new_request_id);
+        let record = ctx
+            .access_log
+            .is_some()
+            .then(|| begin_record(&req, downstream, &request_id));
+        let mut exchange = Exchange::default();
+        let result = proxy(
+            req,
+            downstream,
+            ctx,
+            &request_id,
+            started,
+            &mut exchange,
+            timer,
+        )
+        .await;
+        let (mut resp, outcome) = match result {
+            Ok(resp) => (resp, Outcome::Routed),
+            Err(err) => {
+                match &err {
+                    ProxyError::Endpoint(e) => {
+                        tracing::warn!(error = %e, request_id = ?request_id, "endpoint failure")
+                    }
+                    other => tracing::debug!(error = %other, "request refused"),
                 }
-                other => tracing::debug!(error = %other, "request refused"),
+                let mut resp = err.to_response();
+                // A routed answer got it from rewrite_response.
+                resp.headers_mut()
+                    .entry(X_VCAP_REQUEST_ID)
+                    .or_insert_with(|| request_id.clone());
+                (resp, err.outcome())
             }
-            let mut resp = err.to_response();
-            // A routed answer got it from rewrite_response.
-            resp.headers_mut()
-                .entry(X_VCAP_REQUEST_ID)
-                .or_insert_with(|| request_id.clone());
-            (resp, err.outcome())
-        }
-    };
-    let status = resp.status().as_u16();
-    let record = record.map(|mut record| {
-        record.status = status;
-        record.endpoint = exchange.endpoint.take();
-        record.router_error = resp.headers().get(X_CF_ROUTER_ERROR).cloned();
-        record.x_forwarded_for = exchange.forwarded_for.take();
-        record.x_forwarded_proto = exchange.forwarded_proto.take();
-        record
-    });
-    resp.body_mut().on_complete(Completion {
-        ctx: ctx.clone(),
-        started,
-        status,
-        outcome,
-        response_bytes: 0,
-        backend_time: exchange.backend_time,
-        record,
-    });
-    resp
+        };
+        let status = resp.status().as_u16();
+        let record = record.map(|mut record| {
+            record.status = status;
+            record.endpoint = exchange.endpoint.take();
+            record.router_error = resp.headers().get(X_CF_ROUTER_ERROR).cloned();
+            record.x_forwarded_for = exchange.forwarded_for.take();
+            record.x_forwarded_proto = exchange.forwarded_proto.take();
+            record
+        });
+        resp.body_mut().on_complete(Completion {
+            ctx: ctx.clone(),
+            started,
+            status,
+            outcome,
+            response_bytes: 0,
+            backend_time: exchange.backend_time,
+            record,
+        });
+        resp
+    }
 }
 
-async fn proxy(
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn holds its arguments twice (see proxy::handle)"
+)]
+fn proxy(
     mut req: Request<RequestBody>,
     downstream: &Downstream,
     ctx: &ProxyContext,
@@ -179,118 +195,122 @@ async fn proxy(
     started: Instant,
     exchange: &mut Exchange,
     mut timer: Option<LentTimer<'_>>,
-) -> Result<Response<ProxyBody>, ProxyError> {
-    let target = req.uri().path_and_query().map_or("/", PathAndQuery::as_str);
-    if headers::request_header_size(req.method().as_str(), target, req.headers())
-        >= ctx.max_request_header_bytes
-    {
-        return Err(ProxyError::HeaderTooLarge);
-    }
-    // RFC 9112 3.2: two Host lines are a 400, or the route and the app could each
-    // believe a different one.
-    if req.headers().get_all(HOST).iter().nth(1).is_some() {
-        return Err(ProxyError::TooManyHosts);
-    }
-    let host = request_host(&req).ok_or(ProxyError::EmptyHost)?;
-    let host_text = host.to_str().map_err(|_| ProxyError::EmptyHost)?;
-    let mut pool = find_pool(ctx, host_text, req.uri().path())?;
-    let instance = app_instance(&mut req, &pool, host_text)?;
-    let sticky_target =
-        sticky::requested_instance(req.headers(), &ctx.sticky_cookie_names).map(str::to_owned);
+) -> impl Future<Output = Result<Response<ProxyBody>, ProxyError>> {
+    async move {
+        let target = req.uri().path_and_query().map_or("/", PathAndQuery::as_str);
+        if headers::request_header_size(req.method().as_str(), target, req.headers())
+            >= ctx.max_request_header_bytes
+        {
+            return Err(ProxyError::HeaderTooLarge);
+        }
+        // RFC 9112 3.2: two Host lines are a 400, or the route and the app could each
+        // believe a different one.
+        if req.headers().get_all(HOST).iter().nth(1).is_some() {
+            return Err(ProxyError::TooManyHosts);
+        }
+        let host = request_host(&req).ok_or(ProxyError::EmptyHost)?;
+        let host_text = host.to_str().map_err(|_| ProxyError::EmptyHost)?;
+        let mut pool = find_pool(ctx, host_text, req.uri().path())?;
+        let instance = app_instance(&mut req, &pool, host_text)?;
+        let sticky_target =
+            sticky::requested_instance(req.headers(), &ctx.sticky_cookie_names).map(str::to_owned);
 
-    let downstream_version = req.version();
-    // Upgrade is HTTP/1.1's: ignored in an HTTP/1.0 request (RFC 9110 7.8), as hyper does.
-    let upgrade = websocket::requested_upgrade(req.headers())
-        .filter(|_| downstream_version == Version::HTTP_11);
-    // hyper's server leaves the client's side of an upgrade in the request; the native
-    // HTTP/1 server keeps the connection and pipes it itself.
-    let downstream_upgrade = upgrade
-        .as_ref()
-        .and_then(|_| req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>());
-    let added = prepare_request(&mut req, &host, downstream, request_id);
-    headers::forward_client_cert(req.headers_mut(), downstream, ctx.forwarded_client_cert);
-    if let Some(upgrade) = &upgrade {
-        websocket::restore_upgrade_headers(req.headers_mut(), upgrade);
-    }
-    if let Some(tenant) = &ctx.w3c_tenant {
-        w3c::rewrite(
-            req.headers_mut(),
-            request_id.to_str().unwrap_or_default(),
-            tenant,
-        );
-    }
-    if ctx.access_log.is_some() {
-        exchange.forwarded_for = Some(added.forwarded_for.clone());
-        exchange.forwarded_proto = added
-            .forwarded_proto
-            .clone()
-            .or_else(|| req.headers().get(X_FORWARDED_PROTO).cloned());
-    }
-    let mut tried: Vec<Arc<str>> = Vec::new();
-    let mut last_failure = None;
-    loop {
-        let (endpoint, in_flight) = choose_endpoint(
-            ctx,
-            &pool,
-            instance.as_ref(),
-            sticky_target.as_deref(),
-            &tried,
-        )
-        .map_err(|err| last_failure.take().map_or(err, ProxyError::Endpoint))?;
-        exchange.endpoint = Some(endpoint.clone());
-        let sent_at = Instant::now();
-        let result = upstream::send(
-            &endpoint,
-            req,
-            &added,
-            &ctx.upstream,
-            started,
-            upgrade.is_some(),
-            timer.as_mut().map(|t| t.as_mut()),
-        )
-        .await;
-        exchange.backend_time = sent_at.elapsed();
-        match result {
-            Ok(mut resp) => {
-                endpoint.stats.clear_failed();
-                headers::rewrite_response(resp.headers_mut(), request_id);
-                set_sticky_cookie(ctx, &pool, &endpoint, sticky_target.as_deref(), &mut resp);
-                // Answer in the client's protocol, whatever version the app spoke.
-                *resp.version_mut() = downstream_version;
-                if let Some(upgrade) = &upgrade {
-                    let switching = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
-                    ctx.metrics.worker(ctx.worker).websocket(switching);
-                    if let Some((io, read_ahead)) =
-                        resp.body_mut().take_upgraded().filter(|_| switching)
-                    {
-                        websocket::restore_upgrade_headers(resp.headers_mut(), upgrade);
-                        return Ok(match downstream_upgrade {
-                            Some(downstream_upgrade) => {
-                                start_pipe(ctx, downstream_upgrade, io, read_ahead, in_flight);
-                                resp.map(|_| ProxyBody::empty())
-                            }
-                            None => resp.map(|_| ProxyBody::upgraded(io, read_ahead, in_flight)),
-                        });
+        let downstream_version = req.version();
+        // Upgrade is HTTP/1.1's: ignored in an HTTP/1.0 request (RFC 9110 7.8), as hyper does.
+        let upgrade = websocket::requested_upgrade(req.headers())
+            .filter(|_| downstream_version == Version::HTTP_11);
+        // hyper's server leaves the client's side of an upgrade in the request; the native
+        // HTTP/1 server keeps the connection and pipes it itself.
+        let downstream_upgrade = upgrade
+            .as_ref()
+            .and_then(|_| req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>());
+        let added = prepare_request(&mut req, &host, downstream, request_id);
+        headers::forward_client_cert(req.headers_mut(), downstream, ctx.forwarded_client_cert);
+        if let Some(upgrade) = &upgrade {
+            websocket::restore_upgrade_headers(req.headers_mut(), upgrade);
+        }
+        if let Some(tenant) = &ctx.w3c_tenant {
+            w3c::rewrite(
+                req.headers_mut(),
+                request_id.to_str().unwrap_or_default(),
+                tenant,
+            );
+        }
+        if ctx.access_log.is_some() {
+            exchange.forwarded_for = Some(added.forwarded_for.clone());
+            exchange.forwarded_proto = added
+                .forwarded_proto
+                .clone()
+                .or_else(|| req.headers().get(X_FORWARDED_PROTO).cloned());
+        }
+        let mut tried: Vec<Arc<str>> = Vec::new();
+        let mut last_failure = None;
+        loop {
+            let (endpoint, in_flight) = choose_endpoint(
+                ctx,
+                &pool,
+                instance.as_ref(),
+                sticky_target.as_deref(),
+                &tried,
+            )
+            .map_err(|err| last_failure.take().map_or(err, ProxyError::Endpoint))?;
+            exchange.endpoint = Some(endpoint.clone());
+            let sent_at = Instant::now();
+            let result = upstream::send(
+                &endpoint,
+                req,
+                &added,
+                &ctx.upstream,
+                started,
+                upgrade.is_some(),
+                timer.as_mut().map(|t| t.as_mut()),
+            )
+            .await;
+            exchange.backend_time = sent_at.elapsed();
+            match result {
+                Ok(mut resp) => {
+                    endpoint.stats.clear_failed();
+                    headers::rewrite_response(resp.headers_mut(), request_id);
+                    set_sticky_cookie(ctx, &pool, &endpoint, sticky_target.as_deref(), &mut resp);
+                    // Answer in the client's protocol, whatever version the app spoke.
+                    *resp.version_mut() = downstream_version;
+                    if let Some(upgrade) = &upgrade {
+                        let switching = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+                        ctx.metrics.worker(ctx.worker).websocket(switching);
+                        if let Some((io, read_ahead)) =
+                            resp.body_mut().take_upgraded().filter(|_| switching)
+                        {
+                            websocket::restore_upgrade_headers(resp.headers_mut(), upgrade);
+                            return Ok(match downstream_upgrade {
+                                Some(downstream_upgrade) => {
+                                    start_pipe(ctx, downstream_upgrade, io, read_ahead, in_flight);
+                                    resp.map(|_| ProxyBody::empty())
+                                }
+                                None => {
+                                    resp.map(|_| ProxyBody::upgraded(io, read_ahead, in_flight))
+                                }
+                            });
+                        }
+                    }
+                    return Ok(resp.map(|body| ProxyBody::upstream(body, in_flight)));
+                }
+                Err(SendError::NotSent(err, unsent)) => {
+                    endpoint.stats.mark_failed(FAILURE_MARK);
+                    tried.push(endpoint.key.clone());
+                    if instance.is_some() || tried.len() >= ctx.max_attempts as usize {
+                        return Err(err.into());
+                    }
+                    tracing::info!(endpoint = %endpoint.key, error = %err, "retrying on another endpoint");
+                    ctx.metrics.worker(ctx.worker).retry();
+                    req = *unsent;
+                    last_failure = Some(err);
+                    // A new snapshot may hold endpoints registered since the first attempt.
+                    if let Ok(fresh) = find_pool(ctx, host_text, req.uri().path()) {
+                        pool = fresh;
                     }
                 }
-                return Ok(resp.map(|body| ProxyBody::upstream(body, in_flight)));
+                Err(SendError::Failed(err)) => return Err(err.into()),
             }
-            Err(SendError::NotSent(err, unsent)) => {
-                endpoint.stats.mark_failed(FAILURE_MARK);
-                tried.push(endpoint.key.clone());
-                if instance.is_some() || tried.len() >= ctx.max_attempts as usize {
-                    return Err(err.into());
-                }
-                tracing::info!(endpoint = %endpoint.key, error = %err, "retrying on another endpoint");
-                ctx.metrics.worker(ctx.worker).retry();
-                req = *unsent;
-                last_failure = Some(err);
-                // A new snapshot may hold endpoints registered since the first attempt.
-                if let Ok(fresh) = find_pool(ctx, host_text, req.uri().path()) {
-                    pool = fresh;
-                }
-            }
-            Err(SendError::Failed(err)) => return Err(err.into()),
         }
     }
 }
