@@ -96,7 +96,7 @@ impl ProxyContext {
     }
 }
 
-/// What the proxy learned about a request, for the access log and metrics.
+/// What the proxy learned about a request, for the access log (filled only when it is on).
 #[derive(Debug, Default)]
 struct Exchange {
     endpoint: Option<Arc<Endpoint>>,
@@ -254,8 +254,13 @@ fn proxy(
                 &tried,
             )
             .map_err(|err| last_failure.take().map_or(err, ProxyError::Endpoint))?;
-            exchange.endpoint = Some(endpoint.clone());
-            let sent_at = Instant::now();
+            // Only the access log reports the endpoint and its time: without it, no
+            // reference count and no clock reads here.
+            let logged = ctx.access_log.is_some();
+            if logged {
+                exchange.endpoint = Some(endpoint.clone());
+            }
+            let sent_at = logged.then(Instant::now);
             let result = upstream::send(
                 &endpoint,
                 req,
@@ -266,7 +271,9 @@ fn proxy(
                 timer.as_mut().map(|t| t.as_mut()),
             )
             .await;
-            exchange.backend_time = sent_at.elapsed();
+            if let Some(sent_at) = sent_at {
+                exchange.backend_time = sent_at.elapsed();
+            }
             match result {
                 Ok(mut resp) => {
                     endpoint.stats.clear_failed();
