@@ -406,10 +406,7 @@ fn parse_response_head(
         Ok::<_, Http1Error>(headers)
     })?;
     let framing = response_framing(status, method, &headers, seen)?;
-    let mut keep_alive = match version {
-        Version::HTTP_10 => seen.connection && has_token(&headers, CONNECTION, b"keep-alive"),
-        _ => !(seen.connection && has_token(&headers, CONNECTION, b"close")),
-    };
+    let mut keep_alive = seen.keep_alive(version, &headers);
     // A response with both framings is ambiguous: read it by Transfer-Encoding, then
     // close, so whatever the other reading would have been cannot desynchronise us.
     if framing == Framing::UntilClose || (seen.transfer_encoding && seen.content_length) {
@@ -515,6 +512,15 @@ impl MessageHeaders {
             self.expect = true;
         }
     }
+
+    /// Whether the connection persists after this message, by its version and
+    /// `Connection` header (RFC 9112 9.3), requests and responses alike.
+    pub fn keep_alive(&self, version: Version, headers: &HeaderMap) -> bool {
+        match version {
+            Version::HTTP_10 => self.connection && has_token(headers, CONNECTION, b"keep-alive"),
+            _ => !(self.connection && has_token(headers, CONNECTION, b"close")),
+        }
+    }
 }
 
 /// Exactly one Content-Length, in plain decimal without leading zeros.
@@ -531,6 +537,7 @@ fn is_canonical_length(headers: &HeaderMap) -> bool {
     }
 }
 
+/// Whether a `name` header lists `token` (case-insensitive, comma-separated).
 fn has_token(headers: &HeaderMap, name: HeaderName, token: &[u8]) -> bool {
     headers
         .get_all(name)

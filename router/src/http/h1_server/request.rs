@@ -3,9 +3,7 @@
 //! decided by RFC 9112 section 6, refusing the ambiguous cases request smuggling needs.
 
 use bytes::BytesMut;
-use http::header::{
-    CONNECTION, CONTENT_LENGTH, EXPECT, HeaderName, HeaderValue, TRANSFER_ENCODING,
-};
+use http::header::{CONTENT_LENGTH, EXPECT, HeaderName, HeaderValue, TRANSFER_ENCODING};
 use http::{HeaderMap, Method, Request, Uri, Version};
 
 use crate::upstream::http1::{Framing, MessageHeaders};
@@ -111,10 +109,7 @@ pub fn parse<const N: usize>(
     } else {
         Framing::Empty
     };
-    let keep_alive = match version {
-        Version::HTTP_10 => seen.connection && has_token(&headers, CONNECTION, b"keep-alive"),
-        _ => !(seen.connection && has_token(&headers, CONNECTION, b"close")),
-    };
+    let keep_alive = seen.keep_alive(version, &headers);
     let expect = if seen.expect {
         headers.get(EXPECT)
     } else {
@@ -187,14 +182,6 @@ fn request_framing(version: Version, headers: &HeaderMap) -> Result<Framing, Hea
         None | Some(0) => Framing::Empty,
         Some(n) => Framing::Length(n),
     })
-}
-
-fn has_token(headers: &HeaderMap, name: HeaderName, token: &[u8]) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 /// The HTTP/2 connection preface: a client speaking HTTP/2 with prior knowledge.
