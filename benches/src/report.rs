@@ -100,9 +100,26 @@ impl Scenario {
         self.rows.iter().find(|r| r.target == target)
     }
 
-    /// `row`'s throughput over `other`'s, if both ran.
+    /// `row`'s throughput over `other`'s, if both ran. With rounds (`--repeat`), the
+    /// median of the ratios within each round: a round runs every target in turn, seconds
+    /// apart, so a machine that slows down for a while moves both sides of a ratio alike,
+    /// where the ratio of two medians could pair a fast round with a slow one.
     pub fn ratio(&self, row: &Row, other: &str) -> Option<f64> {
         let other = self.row(other)?;
+        if row.rounds.len() >= 2 && row.rounds.len() == other.rounds.len() {
+            let mut ratios: Vec<f64> = row
+                .rounds
+                .iter()
+                .zip(&other.rounds)
+                .filter(|(_, theirs)| **theirs > 0.0)
+                .map(|(ours, theirs)| ours / theirs)
+                .collect();
+            ratios.sort_by(f64::total_cmp);
+            // The upper median of an even count, as for the rows.
+            if let Some(&median) = ratios.get(ratios.len() / 2) {
+                return Some(median);
+            }
+        }
         (other.throughput > 0.0).then(|| row.throughput / other.throughput)
     }
 }
@@ -397,6 +414,27 @@ mod tests {
         let router = table.lines().find(|l| l.contains("| router |")).unwrap();
         assert!(router.contains("| 120.0k req/s |"), "{router}");
         assert!(router.contains("| 0.60x | 1.20x | - |"), "{router}");
+    }
+
+    #[test]
+    fn ratios_pair_the_rounds_of_a_repeated_run() {
+        let mut results = sample();
+        let rows = &mut results.scenarios[0].rows;
+        // Round 2 was slow for everyone: its pair still counts 1.2x, and the median of
+        // the per-round ratios (1.1, 1.2, 1.3) is 1.2x, where the medians' ratio
+        // (100 / 100) would say 1.0x.
+        rows[1].rounds = vec![110.0, 60.0, 130.0];
+        rows[1].throughput = 110.0;
+        rows[2].rounds = vec![100.0, 50.0, 100.0];
+        rows[2].throughput = 100.0;
+        let scenario = &results.scenarios[0];
+        let ratio = scenario.ratio(&scenario.rows[1], "nginx").unwrap();
+        assert!((ratio - 1.2).abs() < 1e-9, "{ratio}");
+        // Unequal round counts (a failed round) fall back to the medians.
+        results.scenarios[0].rows[2].rounds.pop();
+        let scenario = &results.scenarios[0];
+        let ratio = scenario.ratio(&scenario.rows[1], "nginx").unwrap();
+        assert!((ratio - 1.1).abs() < 1e-9, "{ratio}");
     }
 
     #[test]
