@@ -103,35 +103,21 @@ pub fn send<'a>(
     timer: Option<LentTimer<'a>>,
 ) -> impl std::future::Future<Output = Result<Response<UpstreamBody>, SendError>> + Send + 'a {
     use futures_util::future::Either;
-    let deadline =
-        (!settings.request_timeout.is_zero()).then(|| started + settings.request_timeout);
+    let deadline = RequestDeadline {
+        at: (!settings.request_timeout.is_zero()).then(|| started + settings.request_timeout),
+        timer,
+    };
     // Not an `async fn`, so the request is not held twice (here and in the exchange).
     // HTTP/2 is boxed: its futures are large, and inline they would grow every
     // connection's task, idle ones included.
     if settings.http2 && endpoint.data.protocol == UpstreamProtocol::Http2 && !upgrade {
         Either::Left(Box::pin(send_http2(
-            endpoint,
-            req,
-            added,
-            settings,
-            RequestDeadline {
-                at: deadline,
-                timer,
-            },
+            endpoint, req, added, settings, deadline,
         )))
     } else {
         let (parts, body) = req.into_parts();
         Either::Right(send_http1(
-            endpoint,
-            parts,
-            body,
-            added,
-            settings,
-            RequestDeadline {
-                at: deadline,
-                timer,
-            },
-            upgrade,
+            endpoint, parts, body, added, settings, deadline, upgrade,
         ))
     }
 }

@@ -79,9 +79,16 @@ struct Buffers {
     write: Vec<u8>,
 }
 
+impl Buffers {
+    /// Gives both buffers back to the worker's spares, leaving none.
+    fn give_back(&mut self) {
+        idle::give_back(&mut self.read, &mut self.write);
+    }
+}
+
 impl Drop for Buffers {
     fn drop(&mut self) {
-        idle::give_back(&mut self.read, &mut self.write);
+        self.give_back();
     }
 }
 
@@ -154,7 +161,7 @@ where
             let idle = conn.bufs.read.is_empty();
             if idle {
                 // Between requests (or before the first): wait without buffers.
-                idle::give_back(&mut conn.bufs.read, &mut conn.bufs.write);
+                conn.bufs.give_back();
                 tokio::select! {
                     () = idle::readable(&conn.io) => {}
                     () = deadline::reached(timer.as_mut(), head_deadline) => return Start::Done,
