@@ -132,6 +132,68 @@ pub fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time a process has used, all its threads together.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CpuTime {
+    /// Seconds in user space.
+    pub user: f64,
+    /// Seconds in the kernel on its behalf (system calls, and the network stack's work
+    /// that runs in them).
+    pub system: f64,
+}
+
+impl std::ops::Add for CpuTime {
+    type Output = CpuTime;
+    fn add(self, other: CpuTime) -> CpuTime {
+        CpuTime {
+            user: self.user + other.user,
+            system: self.system + other.system,
+        }
+    }
+}
+
+impl std::ops::Sub for CpuTime {
+    type Output = CpuTime;
+    fn sub(self, other: CpuTime) -> CpuTime {
+        CpuTime {
+            user: self.user - other.user,
+            system: self.system - other.system,
+        }
+    }
+}
+
+/// CPU time used so far by `root` and its descendants (nginx's workers).
+pub fn tree_cpu_time(root: u32) -> CpuTime {
+    descendants(root)
+        .into_iter()
+        .fold(cpu_time(root), |total, pid| total + cpu_time(pid))
+}
+
+/// CPU time of `pid` from `/proc/PID/stat` (zero if the process is gone).
+pub fn cpu_time(pid: u32) -> CpuTime {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let ticks_per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .filter(|&t| t > 0)
+        .unwrap_or(100) as f64;
+    parse_stat_ticks(&stat).map_or_else(CpuTime::default, |(user, system)| CpuTime {
+        user: user as f64 / ticks_per_second,
+        system: system as f64 / ticks_per_second,
+    })
+}
+
+/// `(utime, stime)` in clock ticks from a `/proc/PID/stat` line: fields 14 and 15,
+/// counted after the command name, which may itself hold spaces and parentheses.
+fn parse_stat_ticks(stat: &str) -> Option<(u64, u64)> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    // `rest` starts at field 3 (state): utime is field 14, stime field 15.
+    let mut fields = rest.split_whitespace().skip(11);
+    let user = fields.next()?.parse().ok()?;
+    let system = fields.next()?.parse().ok()?;
+    Some((user, system))
+}
+
 /// Every process below `root` in the process tree.
 fn descendants(root: u32) -> Vec<u32> {
     let mut parents: Vec<(u32, u32)> = Vec::new();
@@ -165,4 +227,37 @@ fn descendants(root: u32) -> Vec<u32> {
     }
     found.remove(0);
     found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_ticks_are_read_after_a_command_name_with_spaces_and_parentheses() {
+        let line = "4242 (nginx: worker (x) 1) S 4241 4241 4241 0 -1 4194624 1480 0 0 0 731 1290 0 0 20 0 1 0 123 0 0";
+        assert_eq!(parse_stat_ticks(line), Some((731, 1290)));
+        assert_eq!(parse_stat_ticks("4242 (cut short) S 1 2"), None);
+        assert_eq!(parse_stat_ticks(""), None);
+    }
+
+    #[test]
+    fn the_cpu_time_read_follows_the_work_done() {
+        // Burn user time until the reading has moved by 30 ms (the clock tick is 10 ms):
+        // a parse of the wrong fields would stay put (or move with the wall clock).
+        let before = cpu_time(std::process::id());
+        let start = Instant::now();
+        let mut x = 0u64;
+        let used = loop {
+            for _ in 0..100_000 {
+                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+            }
+            let used = cpu_time(std::process::id()) - before;
+            if used.user >= 0.03 || start.elapsed() > Duration::from_secs(10) {
+                break used;
+            }
+        };
+        assert!(used.user >= 0.03, "{used:?} after {:?}", start.elapsed());
+        assert!(used.system >= 0.0, "{used:?}");
+    }
 }

@@ -47,6 +47,31 @@ pub struct Row {
     /// Throughput of every round (with `--repeat`), in run order; the row is the median.
     #[serde(default)]
     pub rounds: Vec<f64>,
+    /// CPU time per operation during the measured window (the median round's by CPU).
+    #[serde(default)]
+    pub cpu: Option<CpuPerOp>,
+}
+
+/// CPU time per operation (request, message; MiB for TCP) over a measured window, read
+/// from `/proc` before and after it: what each target costs, whatever else the machine
+/// was doing meanwhile (a slow stretch lowers throughput but not the work per request).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct CpuPerOp {
+    /// The proxy's user-space microseconds per operation (all its processes and
+    /// threads); `None` for `direct`.
+    pub proxy_user_us: Option<f64>,
+    /// The proxy's kernel microseconds per operation.
+    pub proxy_system_us: Option<f64>,
+    /// The backend's microseconds per operation (user and kernel): it shares the
+    /// proxy's CPU, so what it costs is taken from the proxy's share.
+    pub backend_us: f64,
+}
+
+impl CpuPerOp {
+    /// The proxy's user and kernel time together.
+    pub fn proxy_us(&self) -> Option<f64> {
+        Some(self.proxy_user_us? + self.proxy_system_us?)
+    }
 }
 
 /// The scale figures.
@@ -122,6 +147,21 @@ impl Scenario {
         }
         (other.throughput > 0.0).then(|| row.throughput / other.throughput)
     }
+
+    /// `row`'s proxy CPU per operation over `other`'s (below 1: less work per request).
+    pub fn cpu_ratio(&self, row: &Row, other: &str) -> Option<f64> {
+        let ours = row.cpu?.proxy_us()?;
+        let theirs = self.row(other)?.cpu?.proxy_us()?;
+        (theirs > 0.0).then(|| ours / theirs)
+    }
+}
+
+/// `12.3 (4.1+8.2)`: total, user + kernel microseconds.
+fn cpu_cell(cpu: Option<&CpuPerOp>) -> String {
+    match cpu.and_then(|c| Some((c.proxy_us()?, c.proxy_user_us?, c.proxy_system_us?))) {
+        Some((total, user, system)) => format!("{total:.1} ({user:.1}+{system:.1})"),
+        None => "-".to_owned(),
+    }
 }
 
 fn ms(v: Option<f64>) -> String {
@@ -148,14 +188,14 @@ impl Results {
     pub fn table(&self) -> String {
         let mut out = String::new();
         out.push_str(
-            "| scenario | target | throughput | p50 ms | p99 ms | mean ms | errors | vs direct | vs nginx | vs haproxy |\n\
-             |---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+            "| scenario | target | throughput | p50 ms | p99 ms | mean ms | errors | vs direct | vs nginx | vs haproxy | proxy CPU µs/op (user+sys) | CPU/op vs nginx | backend CPU µs/op |\n\
+             |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         );
         for scenario in &self.scenarios {
             for row in &scenario.rows {
                 let _ = writeln!(
                     out,
-                    "| {} | {} | {} {} | {} | {} | {} | {} | {} | {} | {} |",
+                    "| {} | {} | {} {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                     scenario.name,
                     row.target,
                     human(row.throughput),
@@ -167,6 +207,10 @@ impl Results {
                     ratio(scenario.ratio(row, "direct")),
                     ratio(scenario.ratio(row, "nginx")),
                     ratio(scenario.ratio(row, "haproxy")),
+                    cpu_cell(row.cpu.as_ref()),
+                    ratio(scenario.cpu_ratio(row, "nginx")),
+                    row.cpu
+                        .map_or_else(|| "-".to_owned(), |c| format!("{:.1}", c.backend_us)),
                 );
             }
         }
@@ -414,6 +458,30 @@ mod tests {
         let router = table.lines().find(|l| l.contains("| router |")).unwrap();
         assert!(router.contains("| 120.0k req/s |"), "{router}");
         assert!(router.contains("| 0.60x | 1.20x | - |"), "{router}");
+    }
+
+    #[test]
+    fn table_has_cpu_per_request_and_its_ratio_to_nginx() {
+        let mut results = sample();
+        let cpu = |proxy: Option<(f64, f64)>, backend_us| {
+            Some(CpuPerOp {
+                proxy_user_us: proxy.map(|p| p.0),
+                proxy_system_us: proxy.map(|p| p.1),
+                backend_us,
+            })
+        };
+        let rows = &mut results.scenarios[0].rows;
+        rows[0].cpu = cpu(None, 3.0);
+        rows[1].cpu = cpu(Some((2.0, 6.0)), 3.5);
+        rows[2].cpu = cpu(Some((3.0, 7.0)), 3.5);
+        let table = results.table();
+        let router = table.lines().find(|l| l.contains("| router |")).unwrap();
+        assert!(
+            router.ends_with("| 8.0 (2.0+6.0) | 0.80x | 3.5 |"),
+            "{router}"
+        );
+        let direct = table.lines().find(|l| l.contains("| direct |")).unwrap();
+        assert!(direct.ends_with("| - | - | 3.0 |"), "{direct}");
     }
 
     #[test]

@@ -17,8 +17,10 @@ use serde_json::json;
 use crate::clients;
 use crate::load::{H2load, LoadFigures, Wrk};
 use crate::peers::{Files, Ports, ROUTE_HOST, Setup, Target};
-use crate::procs::Proc;
-use crate::report::{IdleConnections, RegisterLatency, Results, RoutesRss, Row, Scenario};
+use crate::procs::{CpuTime, Proc, tree_cpu_time};
+use crate::report::{
+    CpuPerOp, IdleConnections, RegisterLatency, Results, RoutesRss, Row, Scenario,
+};
 
 /// Every scenario and scale figure, in the order they run.
 pub const ALL: [&str; 12] = [
@@ -111,17 +113,42 @@ fn raise_nofile() -> u64 {
     getrlimit(Resource::RLIMIT_NOFILE).map_or(1024, |(soft, _)| soft)
 }
 
-/// The round with the median throughput (the upper one of an even count).
+/// The round with the median throughput (the upper one of an even count), with the
+/// median round's CPU figures taken on their own (ranked by the proxy's CPU per
+/// operation, or the backend's for `direct`).
 fn median_row(mut rows: Vec<Row>) -> Option<Row> {
     if rows.is_empty() {
         return None;
     }
     let rounds: Vec<f64> = rows.iter().map(|r| r.throughput).collect();
+    let mut cpus: Vec<CpuPerOp> = rows.iter().filter_map(|r| r.cpu).collect();
+    let cpu_rank = |c: &CpuPerOp| c.proxy_us().unwrap_or(c.backend_us);
+    cpus.sort_by(|a, b| cpu_rank(a).total_cmp(&cpu_rank(b)));
     rows.sort_by(|a, b| a.throughput.total_cmp(&b.throughput));
     let mid = rows.len() / 2;
     let mut row = rows.swap_remove(mid);
     row.rounds = rounds;
+    row.cpu = cpus.get(cpus.len() / 2).copied();
     Some(row)
+}
+
+/// CPU per operation from readings before and after a window of `ops` operations.
+fn cpu_per_op(
+    proxy: Option<(CpuTime, CpuTime)>,
+    backend: (CpuTime, CpuTime),
+    ops: f64,
+) -> Option<CpuPerOp> {
+    if ops <= 0.0 {
+        return None;
+    }
+    let us = |seconds: f64| seconds * 1e6 / ops;
+    let proxy = proxy.map(|(before, after)| after - before);
+    let backend = backend.1 - backend.0;
+    Some(CpuPerOp {
+        proxy_user_us: proxy.map(|p| us(p.user)),
+        proxy_system_us: proxy.map(|p| us(p.system)),
+        backend_us: us(backend.user + backend.system),
+    })
 }
 
 /// Parses a taskset-style CPU list: `0`, `0,2`, `0-3`.
@@ -163,6 +190,9 @@ struct Runner {
     rt: tokio::runtime::Runtime,
     results: Results,
     nofile: u64,
+    /// Process ids whose CPU time the scenarios read: the backend, and each proxy.
+    backend_pid: u32,
+    proxy_pids: Vec<(Target, u32)>,
 }
 
 /// Runs the benchmark; `command` is recorded with the results.
@@ -210,6 +240,8 @@ pub fn run(opts: Options, command: String) -> anyhow::Result<Results> {
         setup,
         rt,
         nofile,
+        backend_pid: 0,
+        proxy_pids: Vec::new(),
     };
     runner.run_all()?;
     Ok(runner.results)
@@ -223,6 +255,7 @@ impl Runner {
 
     fn run_all(&mut self) -> anyhow::Result<()> {
         let _backend = self.setup.start_backend()?;
+        self.backend_pid = _backend.pid();
         let nats_wanted = ["route-churn", "register-latency", "routes-rss"]
             .iter()
             .any(|n| self.opts.wants(n));
@@ -271,6 +304,7 @@ impl Runner {
                     .setup
                     .start_haproxy(self.nofile.saturating_sub(256) / 2)?,
             };
+            self.proxy_pids.push((*target, proc.pid()));
             procs.push(proc);
         }
         for target in &targets {
@@ -461,54 +495,91 @@ impl Runner {
         Ok(())
     }
 
-    /// One scenario at one target; `None` when it does not apply (TLS to the backend).
+    /// One scenario at one target after a warm-up of the same shape, with the CPU time
+    /// the proxy and the backend spent in the measured window; `None` when the scenario
+    /// does not apply (TLS to the backend).
     fn measure(&self, name: &str, target: Target) -> anyhow::Result<Option<Row>> {
+        if !self.opts.warmup.is_zero() && self.load(name, target, self.opts.warmup)?.is_none() {
+            return Ok(None);
+        }
+        let proxy_pid = self
+            .proxy_pids
+            .iter()
+            .find(|(t, _)| *t == target)
+            .map(|&(_, pid)| pid);
+        let proxy_before = proxy_pid.map(tree_cpu_time);
+        let backend_before = tree_cpu_time(self.backend_pid);
+        let Some(mut row) = self.load(name, target, self.opts.duration)? else {
+            return Ok(None);
+        };
+        let proxy = proxy_pid
+            .zip(proxy_before)
+            .map(|(pid, before)| (before, tree_cpu_time(pid)));
+        let backend = (backend_before, tree_cpu_time(self.backend_pid));
+        // TCP counts bytes; its CPU is per MiB, like its throughput.
+        let ops = if name == "tcp-throughput" {
+            row.count as f64 / (1024.0 * 1024.0)
+        } else {
+            row.count as f64
+        };
+        row.cpu = cpu_per_op(proxy, backend, ops);
+        Ok(Some(row))
+    }
+
+    /// One load of `name` on `target` for `duration`.
+    fn load(&self, name: &str, target: Target, duration: Duration) -> anyhow::Result<Option<Row>> {
         let ports = &self.setup.ports;
         let http = target.http(ports);
         let o = &self.opts;
+        let dir = &self.setup.files.dir;
         let figures = match name {
-            "http1-keepalive" => self.wrk_measure(format!("http://{http}/"), o.connections, &[])?,
-            "http1-close" => self.wrk_measure(
-                format!("http://{http}/"),
-                o.connections,
-                &["Connection: close"],
-            )?,
+            "http1-keepalive" => self
+                .wrk(format!("http://{http}/"), o.connections, &[], duration)
+                .run(dir)?,
+            "http1-close" => self
+                .wrk(
+                    format!("http://{http}/"),
+                    o.connections,
+                    &["Connection: close"],
+                    duration,
+                )
+                .run(dir)?,
             "tls-keepalive" | "tls-handshake" | "h2-tls" => {
                 let Some(tls) = target.tls(ports) else {
                     return Ok(None);
                 };
                 let url = format!("https://{tls}/");
                 match name {
-                    "tls-keepalive" => self.wrk_measure(url, o.connections, &[])?,
-                    "tls-handshake" => {
-                        self.wrk_measure(url, o.connections, &["Connection: close"])?
+                    "tls-keepalive" => self.wrk(url, o.connections, &[], duration).run(dir)?,
+                    "tls-handshake" => self
+                        .wrk(url, o.connections, &["Connection: close"], duration)
+                        .run(dir)?,
+                    _ => H2load {
+                        url,
+                        host: ROUTE_HOST,
+                        connections: o.h2_connections,
+                        streams: o.h2_streams,
+                        duration,
+                        cpus: &o.load_cpus,
                     }
-                    _ => {
-                        let h2 = |duration| H2load {
-                            url: url.clone(),
-                            host: ROUTE_HOST,
-                            connections: o.h2_connections,
-                            streams: o.h2_streams,
-                            duration,
-                            cpus: &o.load_cpus,
-                        };
-                        if !o.warmup.is_zero() {
-                            h2(o.warmup).run()?;
-                        }
-                        h2(o.duration).run()?
-                    }
+                    .run()?,
                 }
             }
-            "large-1mib" => {
-                self.wrk_measure(format!("http://{http}/1m"), o.large_connections, &[])?
-            }
+            "large-1mib" => self
+                .wrk(
+                    format!("http://{http}/1m"),
+                    o.large_connections,
+                    &[],
+                    duration,
+                )
+                .run(dir)?,
             "websocket-echo" => {
                 let r = self.rt.block_on(clients::websocket_echo(
                     http,
                     ROUTE_HOST,
                     o.ws_connections,
                     o.ws_message_bytes,
-                    o.duration,
+                    duration,
                 ))?;
                 let mut latencies = r.latencies;
                 return Ok(Some(Row {
@@ -519,7 +590,7 @@ impl Runner {
                     mean_ms: None,
                     count: r.count,
                     errors: r.errors,
-                    rounds: Vec::new(),
+                    ..Default::default()
                 }));
             }
             "tcp-throughput" => {
@@ -529,7 +600,7 @@ impl Runner {
                 let (bytes, elapsed) = self.rt.block_on(clients::tcp_push(
                     target.tcp(ports),
                     o.tcp_connections,
-                    o.duration,
+                    duration,
                     64 << 30,
                 ))?;
                 return Ok(Some(Row {
@@ -549,7 +620,7 @@ impl Runner {
             mean_ms: figures.mean_ms,
             count: figures.requests,
             errors: figures.errors,
-            rounds: Vec::new(),
+            ..Default::default()
         }))
     }
 
@@ -618,7 +689,7 @@ impl Runner {
                     mean_ms: f.mean_ms,
                     count: f.requests,
                     errors: f.errors,
-                    rounds: Vec::new(),
+                    ..Default::default()
                 });
             }
         }
