@@ -1,23 +1,32 @@
 //! Byte pipes between two connections, for TCP routes and WebSocket upgrades: once the
-//! route is chosen the router no longer looks at the bytes, so it should not copy them.
+//! route is chosen the router no longer looks at the bytes.
 //!
-//! On Linux, [`pipe_bidirectional`] moves each direction with splice(2) through a kernel
-//! pipe (socket -> pipe -> socket): the data never enters user space. Each direction
-//! alternates "fill the pipe from the source" and "drain it into the destination", driven
-//! by tokio's readiness (`readable()` / `writable()` + `try_io`), so a slow reader holds
-//! at most one pipe's worth (64 KiB by default) per direction in the kernel.
+//! On Linux, [`pipe_bidirectional`] moves each direction in one of two ways, chosen by
+//! what the traffic looks like:
+//! - **Small reads** (messages, interactive traffic) go through a per-thread buffer:
+//!   read, then write straight away. One copy in and one out is cheaper than splice(2)
+//!   for a few hundred bytes (splice must copy a small segment into a page of its own,
+//!   then account for the page in the pipe and in the socket it goes to).
+//! - **Bulk**: a read that fills the buffer means more is waiting, and the direction
+//!   switches to splice(2) through a kernel pipe (socket -> pipe -> socket): the bytes
+//!   never enter user space. A splice that brings little switches it back.
+//!
+//! Both are driven by tokio's readiness (`readable()` / `writable()` + `try_io`). At rest
+//! a direction holds no buffer (a write the destination cannot take whole keeps its
+//! rest in a buffer of its own until it is written) and no kernel pipe until it first
+//! sees bulk, so an idle WebSocket costs no more than its two sockets.
 //!
 //! Lifecycle of one direction:
-//! 1. splice source -> pipe (only when the pipe is empty; see `fill`).
-//! 2. splice pipe -> destination until the pipe is empty; back to 1.
-//! 3. On EOF from the source: `shutdown(Write)` on the destination (half-close), and the
+//! 1. Read what the source has; write it to the destination (buffer or splice).
+//! 2. On EOF from the source: `shutdown(Write)` on the destination (half-close), and the
 //!    direction ends; the other one keeps going until its own EOF.
-//! 4. Any error (reset, broken pipe) ends both directions and is returned.
+//! 3. Any error (reset, broken pipe) ends both directions and is returned.
 //!
-//! Where splice is unavailable (EINVAL, ENOSYS: old kernels, sandboxes) a direction falls
-//! back to a buffered copy before it has moved any byte. [`copy_bidirectional_buffered`]
-//! is the same contract for streams that have no file descriptor to splice (TLS).
+//! Where splice is unavailable (EINVAL, ENOSYS: old kernels, sandboxes) a direction stays
+//! with the buffer. [`copy_bidirectional_buffered`] is the same contract for streams that
+//! have no file descriptor to splice (TLS).
 
+use std::cell::RefCell;
 use std::io;
 use std::net::Shutdown;
 use std::os::fd::OwnedFd;
@@ -34,28 +43,34 @@ pub struct PipeStats {
     pub a_to_b: u64,
     /// Bytes read from the second stream and written to the first.
     pub b_to_a: u64,
+    /// Of all those, the bytes that went through splice(2) rather than a buffer.
+    pub spliced: u64,
 }
 
-/// Size of the user-space buffer of the fallback copy.
-const BUFFERED_CHUNK: usize = 64 * 1024;
+/// Size of the per-thread buffer of small reads; a read that fills it is bulk.
+const READ_BUFFER: usize = 16 * 1024;
+
+/// A splice that brings less than this is no longer bulk: back to the buffer.
+const SPLICE_AT_LEAST: usize = 4 * 1024;
+
+thread_local! {
+    /// The buffer small reads go through. Each read is written out before the next
+    /// await, so one buffer serves every pipe of the thread.
+    static READ_SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
 
 /// Pipes bytes both ways between `a` and `b` until both directions reached EOF, with
-/// splice(2) where the kernel allows it. An EOF one way half-closes the other stream's
-/// write side; an error either way ends the pipe and is returned.
+/// splice(2) for bulk where the kernel allows it. An EOF one way half-closes the other
+/// stream's write side; an error either way ends the pipe and is returned.
 pub async fn pipe_bidirectional(a: TcpStream, b: TcpStream) -> io::Result<PipeStats> {
-    // One kernel pipe per direction. If pipes cannot be made (no splice support, fd
-    // limit), the buffered copy still serves the connection.
-    let (a_to_b, b_to_a) = match (KernelPipe::new(), KernelPipe::new()) {
-        (Ok(p1), Ok(p2)) => (p1, p2),
-        (Err(err), _) | (_, Err(err)) => {
-            tracing::debug!(error = %err, "no kernel pipe; using a buffered copy");
-            return copy_bidirectional_buffered(a, b).await;
-        }
-    };
-    let (sent, received) = tokio::try_join!(one_way(&a, &b, &a_to_b), one_way(&b, &a, &b_to_a))?;
+    let (a_to_b, b_to_a) = tokio::try_join!(
+        one_way(&a, &b, Splice::WhenBulk),
+        one_way(&b, &a, Splice::WhenBulk)
+    )?;
     Ok(PipeStats {
-        a_to_b: sent,
-        b_to_a: received,
+        a_to_b: a_to_b.moved,
+        b_to_a: b_to_a.moved,
+        spliced: a_to_b.spliced + b_to_a.spliced,
     })
 }
 
@@ -67,7 +82,26 @@ where
     B: AsyncRead + AsyncWrite + Unpin,
 {
     let (a_to_b, b_to_a) = tokio::io::copy_bidirectional(&mut a, &mut b).await?;
-    Ok(PipeStats { a_to_b, b_to_a })
+    Ok(PipeStats {
+        a_to_b,
+        b_to_a,
+        spliced: 0,
+    })
+}
+
+/// Whether a direction may use splice(2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Splice {
+    WhenBulk,
+    /// The buffer only (splice is unsupported here; tests of the buffered path).
+    Never,
+}
+
+/// What one direction moved.
+#[derive(Debug, Clone, Copy, Default)]
+struct Moved {
+    moved: u64,
+    spliced: u64,
 }
 
 /// A kernel pipe: the buffer one direction splices through.
@@ -82,7 +116,7 @@ impl KernelPipe {
     fn new() -> io::Result<Self> {
         let (read, write) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
         // The default (64 KiB) is kept: a larger pipe costs unswappable kernel memory on
-        // every open connection and gained little on loopback.
+        // every busy connection and gained little on loopback.
         let capacity = rustix::pipe::fcntl_getpipe_size(&read).unwrap_or(64 * 1024);
         Ok(KernelPipe {
             read,
@@ -92,25 +126,123 @@ impl KernelPipe {
     }
 }
 
-/// Moves `src` -> `dst` until EOF, then half-closes `dst`. Returns the bytes moved.
-async fn one_way(src: &TcpStream, dst: &TcpStream, pipe: &KernelPipe) -> io::Result<u64> {
-    let mut moved = 0u64;
+/// Moves `src` -> `dst` until EOF, then half-closes `dst`.
+async fn one_way(src: &TcpStream, dst: &TcpStream, mut splice: Splice) -> io::Result<Moved> {
+    let mut total = Moved::default();
+    // Made at the first bulk read, kept for the next (an empty pipe holds no pages).
+    let mut pipe: Option<KernelPipe> = None;
+    let mut splicing = false;
     loop {
-        let filled = match fill(src, pipe).await {
-            Ok(0) => break,
-            Ok(n) => n,
-            // Decided on the first splice, before any byte went through the pipe.
-            Err(err) if moved == 0 && splice_unsupported(&err) => {
-                tracing::debug!(error = %err, "splice unsupported; using a buffered copy");
-                return copy_buffered_one_way(src, dst).await;
+        if splicing && let Some(pipe) = &pipe {
+            // The pipe is empty here: anything an earlier splice put in was drained.
+            let filled = match fill(src, pipe).await {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(err) if splice_unsupported(&err) => {
+                    tracing::debug!(error = %err, "splice unsupported; using the buffer");
+                    splice = Splice::Never;
+                    splicing = false;
+                    continue;
+                }
+                Err(err) => return Err(err),
+            };
+            drain(pipe, dst, filled).await?;
+            total.moved += filled as u64;
+            total.spliced += filled as u64;
+            splicing = filled >= SPLICE_AT_LEAST;
+            continue;
+        }
+        let read = match copy_small_read(src, dst).await? {
+            SmallRead::Eof => break,
+            SmallRead::Moved { len, filled_buffer } => {
+                total.moved += len as u64;
+                filled_buffer
             }
-            Err(err) => return Err(err),
         };
-        drain(pipe, dst, filled).await?;
-        moved += filled as u64;
+        if read && splice == Splice::WhenBulk {
+            if pipe.is_none() {
+                match KernelPipe::new() {
+                    Ok(made) => pipe = Some(made),
+                    // Out of descriptors, say: the buffer still serves.
+                    Err(err) => tracing::debug!(error = %err, "no kernel pipe; using the buffer"),
+                }
+            }
+            splicing = pipe.is_some();
+        }
     }
     half_close(dst)?;
-    Ok(moved)
+    Ok(total)
+}
+
+/// What one buffered read did.
+enum SmallRead {
+    Eof,
+    Moved { len: usize, filled_buffer: bool },
+}
+
+/// Reads what `src` has (up to [`READ_BUFFER`]) and writes it all to `dst`: at once
+/// when `dst` takes it, else from a copy of the rest once `dst` is writable.
+async fn copy_small_read(src: &TcpStream, dst: &TcpStream) -> io::Result<SmallRead> {
+    loop {
+        src.readable().await?;
+        let step = READ_SCRATCH.with_borrow_mut(|buf| -> io::Result<Option<(usize, Vec<u8>)>> {
+            if buf.len() < READ_BUFFER {
+                buf.resize(READ_BUFFER, 0);
+            }
+            let mut short_read = 0;
+            let read = src.try_io(Interest::READABLE, || {
+                let len = rustix::io::read(src, &mut buf[..])?;
+                if 0 < len && len < READ_BUFFER {
+                    // A short read emptied the socket, so its readiness goes with it
+                    // (as tokio's own `poll_read` does; the closed bits stay): that
+                    // saves the read that would only have said EAGAIN.
+                    short_read = len;
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                Ok(len)
+            });
+            let len = match read {
+                Ok(0) => return Ok(Some((0, Vec::new()))),
+                Ok(len) => len,
+                Err(err) if retry_later(&err) && short_read > 0 => short_read,
+                Err(err) if retry_later(&err) => return Ok(None),
+                Err(err) => return Err(err),
+            };
+            let written = match dst.try_write(&buf[..len]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(written) => written,
+                Err(err) if retry_later(&err) => 0,
+                Err(err) => return Err(err),
+            };
+            // Only what `dst` did not take leaves the shared buffer.
+            Ok(Some((len, buf[written..len].to_vec())))
+        })?;
+        let Some((len, rest)) = step else {
+            continue;
+        };
+        if len == 0 {
+            return Ok(SmallRead::Eof);
+        }
+        write_all(dst, &rest).await?;
+        return Ok(SmallRead::Moved {
+            len,
+            filled_buffer: len == READ_BUFFER,
+        });
+    }
+}
+
+/// Writes `bytes` to `dst`, waiting for it to be writable.
+async fn write_all(dst: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        dst.writable().await?;
+        match dst.try_write(bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(written) => bytes = &bytes[written..],
+            Err(err) if retry_later(&err) => continue,
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
 }
 
 /// Splices what `src` has (up to the pipe's capacity) into the empty pipe; 0 is EOF.
@@ -156,34 +288,6 @@ async fn drain(pipe: &KernelPipe, dst: &TcpStream, mut len: usize) -> io::Result
         }
     }
     Ok(())
-}
-
-/// The fallback for one direction: read into a buffer, write it out.
-async fn copy_buffered_one_way(src: &TcpStream, dst: &TcpStream) -> io::Result<u64> {
-    let mut moved = 0u64;
-    let mut buf = vec![0u8; BUFFERED_CHUNK];
-    loop {
-        src.readable().await?;
-        let n = match src.try_read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(err) if retry_later(&err) => continue,
-            Err(err) => return Err(err),
-        };
-        let mut written = 0;
-        while written < n {
-            dst.writable().await?;
-            match dst.try_write(&buf[written..n]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(w) => written += w,
-                Err(err) if retry_later(&err) => continue,
-                Err(err) => return Err(err),
-            }
-        }
-        moved += n as u64;
-    }
-    half_close(dst)?;
-    Ok(moved)
 }
 
 /// Passes an EOF on: the peer of `dst` reads EOF, and may still send the other way.

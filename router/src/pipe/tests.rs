@@ -14,7 +14,7 @@ enum Mode {
     Splice,
     /// The generic copy (for TLS streams).
     Buffered,
-    /// The per-direction fallback used when splice is unsupported.
+    /// The per-direction buffer alone, as when splice is unsupported.
     BufferedOneWay,
 }
 
@@ -36,9 +36,15 @@ async fn piped(mode: Mode) -> (TcpStream, TcpStream, JoinHandle<io::Result<PipeS
             Mode::Splice => pipe_bidirectional(a, b).await,
             Mode::Buffered => copy_bidirectional_buffered(a, b).await,
             Mode::BufferedOneWay => {
-                let (a_to_b, b_to_a) =
-                    tokio::try_join!(copy_buffered_one_way(&a, &b), copy_buffered_one_way(&b, &a))?;
-                Ok(PipeStats { a_to_b, b_to_a })
+                let (a_to_b, b_to_a) = tokio::try_join!(
+                    one_way(&a, &b, Splice::Never),
+                    one_way(&b, &a, Splice::Never)
+                )?;
+                Ok(PipeStats {
+                    a_to_b: a_to_b.moved,
+                    b_to_a: b_to_a.moved,
+                    spliced: a_to_b.spliced + b_to_a.spliced,
+                })
             }
         }
     });
@@ -99,13 +105,17 @@ async fn bytes_arrive_intact_both_ways(mode: Mode) {
         got_x.len()
     );
     let stats = finish(task).await.unwrap();
-    assert_eq!(
-        stats,
-        PipeStats {
-            a_to_b: LEN as u64,
-            b_to_a: LEN as u64
-        }
-    );
+    assert_eq!((stats.a_to_b, stats.b_to_a), (LEN as u64, LEN as u64));
+    match mode {
+        // Bulk both ways: after the first full buffer, splice takes over.
+        Mode::Splice => assert!(
+            stats.spliced > LEN as u64,
+            "{} of {} bytes spliced",
+            stats.spliced,
+            2 * LEN
+        ),
+        Mode::Buffered | Mode::BufferedOneWay => assert_eq!(stats.spliced, 0),
+    }
 }
 
 async fn half_close_propagates_and_the_other_way_goes_on(mode: Mode) {
@@ -126,7 +136,9 @@ async fn half_close_propagates_and_the_other_way_goes_on(mode: Mode) {
         stats,
         PipeStats {
             a_to_b: 4,
-            b_to_a: 21
+            b_to_a: 21,
+            // A few bytes each way are not worth a splice.
+            spliced: 0,
         }
     );
 }
@@ -191,4 +203,40 @@ async fn reset_while_the_pipe_is_writing_ends_it_with_an_error() {
     let result = finish(task).await;
     assert!(result.is_err(), "a reset must be an error, got {result:?}");
     writer.abort();
+}
+
+#[tokio::test]
+async fn small_messages_go_through_the_buffer_and_none_waits() {
+    // Echo round trips of 64 bytes, one in flight at a time: every read is short, so the
+    // pipe drops the socket's readiness after each without a read that says EAGAIN. A
+    // wake-up lost that way would leave a message waiting, and the bounded wait fails.
+    const ROUNDS: usize = 2_000;
+    let (mut x, mut y, task) = piped(Mode::Splice).await;
+    let exchange = async {
+        let mut got = [0u8; 64];
+        for round in 0..ROUNDS {
+            let message = random_bytes(64, round as u64);
+            x.write_all(&message).await.unwrap();
+            y.read_exact(&mut got).await.unwrap();
+            assert_eq!(got[..], message[..], "x -> y, round {round}");
+            y.write_all(&got).await.unwrap();
+            x.read_exact(&mut got).await.unwrap();
+            assert_eq!(got[..], message[..], "y -> x, round {round}");
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), exchange)
+        .await
+        .expect("a message was left waiting");
+    x.shutdown().await.unwrap();
+    y.shutdown().await.unwrap();
+    let stats = finish(task).await.unwrap();
+    let each_way = (ROUNDS * 64) as u64;
+    assert_eq!(
+        stats,
+        PipeStats {
+            a_to_b: each_way,
+            b_to_a: each_way,
+            spliced: 0,
+        }
+    );
 }
