@@ -184,7 +184,7 @@ enum SmallRead {
 /// when `dst` takes it, else from a copy of the rest once `dst` is writable.
 async fn copy_small_read(src: &TcpStream, dst: &TcpStream) -> io::Result<SmallRead> {
     loop {
-        src.readable().await?;
+        read_ready(src).await?;
         let step = READ_SCRATCH.with_borrow_mut(|buf| -> io::Result<Option<(usize, Vec<u8>)>> {
             if buf.len() < READ_BUFFER {
                 buf.resize(READ_BUFFER, 0);
@@ -234,7 +234,7 @@ async fn copy_small_read(src: &TcpStream, dst: &TcpStream) -> io::Result<SmallRe
 /// Writes `bytes` to `dst`, waiting for it to be writable.
 async fn write_all(dst: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
     while !bytes.is_empty() {
-        dst.writable().await?;
+        write_ready(dst).await?;
         match dst.try_write(bytes) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(written) => bytes = &bytes[written..],
@@ -252,7 +252,7 @@ async fn write_all(dst: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
 async fn fill(src: &TcpStream, pipe: &KernelPipe) -> io::Result<usize> {
     let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
     loop {
-        src.readable().await?;
+        read_ready(src).await?;
         match src.try_io(Interest::READABLE, || {
             Ok(rustix::pipe::splice(
                 src,
@@ -275,7 +275,7 @@ async fn fill(src: &TcpStream, pipe: &KernelPipe) -> io::Result<usize> {
 async fn drain(pipe: &KernelPipe, dst: &TcpStream, mut len: usize) -> io::Result<()> {
     let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
     while len > 0 {
-        dst.writable().await?;
+        write_ready(dst).await?;
         match dst.try_io(Interest::WRITABLE, || {
             Ok(rustix::pipe::splice(
                 &pipe.read, None, dst, None, len, flags,
@@ -288,6 +288,20 @@ async fn drain(pipe: &KernelPipe, dst: &TcpStream, mut len: usize) -> io::Result
         }
     }
     Ok(())
+}
+
+/// Waits until `stream` is (or may be) readable. The poll form keeps one waker in the
+/// socket's reader slot, where `readable()` links a waiter into a list under a lock on
+/// every wait: a quarter of the router's instructions per WebSocket message went there.
+/// The slot holds only the last waker, which is enough here: each socket of a pipe has
+/// one reading direction and one writing direction.
+async fn read_ready(stream: &TcpStream) -> io::Result<()> {
+    std::future::poll_fn(|cx| stream.poll_read_ready(cx)).await
+}
+
+/// Waits until `stream` is (or may be) writable; see [`read_ready`].
+async fn write_ready(stream: &TcpStream) -> io::Result<()> {
+    std::future::poll_fn(|cx| stream.poll_write_ready(cx)).await
 }
 
 /// Passes an EOF on: the peer of `dst` reads EOF, and may still send the other way.
