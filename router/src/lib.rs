@@ -43,6 +43,7 @@ pub mod route_table;
 pub mod route_updates;
 pub mod server;
 pub mod status;
+pub mod stop_signal;
 pub mod tcp;
 pub mod tls;
 pub mod upstream;

@@ -116,8 +116,8 @@ async fn accept_loop(
     stop: CancellationToken,
     connections: TaskTracker,
 ) {
-    // Registered with the token once, not at every accept.
-    let stopped = stop.cancelled();
+    // Registered with the token once, then read without its lock.
+    let stopped = crate::stop_signal::Stopped::new(&stop);
     tokio::pin!(stopped);
     loop {
         let accepted = tokio::select! {

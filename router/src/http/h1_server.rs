@@ -118,8 +118,8 @@ where
     // The requests' deadlines (`endpoint_timeout`), on one timer likewise.
     let request_timer = tokio::time::sleep(settings.header_read_timeout);
     tokio::pin!(request_timer);
-    // Registered once with the token, not at every wait.
-    let stopped = stop.cancelled();
+    // Registered once with the token, then read without its lock.
+    let stopped = crate::stop_signal::Stopped::new(stop);
     tokio::pin!(stopped);
     let mut first = true;
     loop {
@@ -248,7 +248,7 @@ where
             && resp
                 .headers()
                 .contains_key(super::headers::X_CF_ROUTER_ERROR);
-        let reuse = keep_alive && body_done && !refused && !stop.is_cancelled();
+        let reuse = keep_alive && body_done && !refused && !stopped.is_stopped();
         match write_response(&mut conn, resp, &method, version, reuse).await {
             Ok(Next::KeepAlive) => {}
             Ok(Next::Close) | Err(_) => {
