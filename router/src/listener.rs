@@ -119,6 +119,9 @@ async fn accept_loop(
     // Registered with the token once, then read without its lock.
     let stopped = crate::stop_signal::Stopped::new(&stop);
     tokio::pin!(stopped);
+    // Connections share the token through an `Arc`: cloning (and dropping) the token
+    // itself takes its process-wide lock, twice per connection.
+    let shared_stop = Arc::new(stop.clone());
     loop {
         let accepted = tokio::select! {
             biased;
@@ -128,7 +131,7 @@ async fn accept_loop(
         match accepted {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                let (ctx, settings, stop) = (ctx.clone(), settings.clone(), stop.clone());
+                let (ctx, settings, stop) = (ctx.clone(), settings.clone(), shared_stop.clone());
                 // The connection's future (kilobytes: a request's proxy state is inline)
                 // is boxed once here, so that the task tokio allocates stays small: tokio
                 // moves a task's future into place at spawn and writes its stage over it
@@ -164,7 +167,7 @@ async fn serve_tls(
     acceptor: TlsAcceptor,
     ctx: Arc<ProxyContext>,
     settings: Arc<DownstreamSettings>,
-    stop: CancellationToken,
+    stop: Arc<CancellationToken>,
 ) {
     let handshake = tokio::time::timeout(settings.tls_handshake_timeout, acceptor.accept(stream));
     let tls = match handshake.await {
@@ -199,7 +202,7 @@ pub async fn serve_connection<I>(
     downstream: Downstream,
     ctx: Arc<ProxyContext>,
     settings: Arc<DownstreamSettings>,
-    stop: CancellationToken,
+    stop: Arc<CancellationToken>,
     alpn_h2: bool,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -282,7 +285,7 @@ async fn serve_hyper<I>(
     downstream: Downstream,
     ctx: Arc<ProxyContext>,
     settings: Arc<DownstreamSettings>,
-    stop: CancellationToken,
+    stop: Arc<CancellationToken>,
 ) where
     I: Read + Write + Unpin + Send + 'static,
 {

@@ -153,7 +153,7 @@ async fn run_router(
     let ctx = context(app.port);
     tokio::spawn(async move {
         let downstream = Downstream::new(peer, false);
-        let stop = CancellationToken::new();
+        let stop = Arc::new(CancellationToken::new());
         serve_connection(server_io, downstream, ctx, settings, stop, false).await;
         server_done.store(true, Ordering::Release);
     });
