@@ -11,7 +11,8 @@
 //!   switches to splice(2) through a kernel pipe (socket -> pipe -> socket): the bytes
 //!   never enter user space. A splice that brings little switches it back.
 //!
-//! Both are driven by tokio's readiness (`readable()` / `writable()` + `try_io`). At rest
+//! Both are driven by tokio's readiness (`poll_read_ready` / `poll_write_ready` +
+//! `try_io`; `read_ready` says why not `readable()`). At rest
 //! a direction holds no buffer (a write the destination cannot take whole keeps its
 //! rest in a buffer of its own until it is written) and no kernel pipe until it first
 //! sees bulk, so an idle WebSocket costs no more than its two sockets.
@@ -152,14 +153,14 @@ async fn one_way(src: &TcpStream, dst: &TcpStream, mut splice: Splice) -> io::Re
             splicing = filled >= SPLICE_AT_LEAST;
             continue;
         }
-        let read = match copy_small_read(src, dst).await? {
+        let bulk = match copy_small_read(src, dst).await? {
             SmallRead::Eof => break,
             SmallRead::Moved { len, filled_buffer } => {
                 total.moved += len as u64;
                 filled_buffer
             }
         };
-        if read && splice == Splice::WhenBulk {
+        if bulk && splice == Splice::WhenBulk {
             if pipe.is_none() {
                 match KernelPipe::new() {
                     Ok(made) => pipe = Some(made),
