@@ -240,3 +240,25 @@ async fn small_messages_go_through_the_buffer_and_none_waits() {
         }
     );
 }
+
+#[test]
+fn a_long_transfer_gets_a_larger_pipe() {
+    let mut pipe = KernelPipe::new().unwrap();
+    let default = pipe.capacity;
+    pipe.grow(LONG_TRANSFER_PIPE);
+    let max = std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
+        .ok()
+        .and_then(|max| max.trim().parse::<usize>().ok())
+        .unwrap_or(default);
+    if LONG_TRANSFER_PIPE <= max {
+        assert_eq!(pipe.capacity, LONG_TRANSFER_PIPE);
+    } else {
+        // Refused (unprivileged, above the limit): the pipe is as it was.
+        assert!(pipe.capacity == default || pipe.capacity == LONG_TRANSFER_PIPE);
+    }
+    // The capacity is what the kernel reports, so splices ask for what fits.
+    assert_eq!(
+        rustix::pipe::fcntl_getpipe_size(&pipe.read).unwrap(),
+        pipe.capacity
+    );
+}
