@@ -9,7 +9,8 @@
 //!   then account for the page in the pipe and in the socket it goes to).
 //! - **Bulk**: a read that fills the buffer means more is waiting, and the direction
 //!   switches to splice(2) through a kernel pipe (socket -> pipe -> socket): the bytes
-//!   never enter user space. A splice that brings little switches it back.
+//!   never enter user space. A splice that brings little switches it back. After
+//!   1 MiB the pipe grows to 1 MiB, so that one splice pair moves up to that much.
 //!
 //! Both are driven by tokio's readiness (`poll_read_ready` / `poll_write_ready` +
 //! `try_io`; `read_ready` says why not `readable()`). At rest
@@ -127,8 +128,8 @@ struct KernelPipe {
 impl KernelPipe {
     fn new() -> io::Result<Self> {
         let (read, write) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
-        // The default (64 KiB) is kept: a larger pipe costs unswappable kernel memory on
-        // every busy connection and gained little on loopback.
+        // The default size (64 KiB) to start with: only a long transfer grows it
+        // (`LONG_TRANSFER_PIPE`), as the size counts against the user's pipe quota.
         let capacity = rustix::pipe::fcntl_getpipe_size(&read).unwrap_or(64 * 1024);
         Ok(KernelPipe {
             read,
