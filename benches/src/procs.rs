@@ -171,7 +171,12 @@ pub fn tree_cpu_time(root: u32) -> CpuTime {
 
 /// CPU time of `pid` from `/proc/PID/stat` (zero if the process is gone).
 pub fn cpu_time(pid: u32) -> CpuTime {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat_cpu_time(&format!("/proc/{pid}/stat"))
+}
+
+/// CPU time from a `stat` file of `/proc` (zero if it cannot be read).
+fn stat_cpu_time(path: &str) -> CpuTime {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
     let ticks_per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
         .flatten()
@@ -181,6 +186,12 @@ pub fn cpu_time(pid: u32) -> CpuTime {
         user: user as f64 / ticks_per_second,
         system: system as f64 / ticks_per_second,
     })
+}
+
+/// CPU time of one thread `tid` of process `pid` (zero if it is gone). A process's
+/// first thread has the process's id.
+pub fn thread_cpu_time(pid: u32, tid: u32) -> CpuTime {
+    stat_cpu_time(&format!("/proc/{pid}/task/{tid}/stat"))
 }
 
 /// `(utime, stime)` in clock ticks from a `/proc/PID/stat` line: fields 14 and 15,

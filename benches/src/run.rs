@@ -17,7 +17,7 @@ use serde_json::json;
 use crate::clients;
 use crate::load::{H2load, LoadFigures, Wrk};
 use crate::peers::{Files, Ports, ROUTE_HOST, Setup, Target};
-use crate::procs::{CpuTime, Proc, tree_cpu_time};
+use crate::procs::{CpuTime, Proc, thread_cpu_time, tree_cpu_time};
 use crate::report::{
     CpuPerOp, IdleConnections, RegisterLatency, Results, RoutesRss, Row, Scenario,
 };
@@ -193,6 +193,8 @@ struct Runner {
     /// Process ids whose CPU time the scenarios read: the backend, and each proxy.
     backend_pid: u32,
     proxy_pids: Vec<(Target, u32)>,
+    /// nats-server's, when it runs: it shares the load CPU in `route-churn`.
+    nats_pid: Option<u32>,
 }
 
 /// Runs the benchmark; `command` is recorded with the results.
@@ -242,6 +244,7 @@ pub fn run(opts: Options, command: String) -> anyhow::Result<Results> {
         nofile,
         backend_pid: 0,
         proxy_pids: Vec::new(),
+        nats_pid: None,
     };
     runner.run_all()?;
     Ok(runner.results)
@@ -273,6 +276,7 @@ impl Runner {
             None
         };
         let nats = _nats.is_some();
+        self.nats_pid = _nats.as_ref().map(Proc::pid);
         self.comparison(nats)?;
         if nats && self.opts.wants("routes-rss") {
             self.routes_rss()?;
@@ -363,21 +367,6 @@ impl Runner {
             headers: headers.iter().map(|h| (*h).to_owned()).collect(),
             cpus: &self.opts.load_cpus,
         }
-    }
-
-    /// Runs a wrk-style load after a warm-up of the same shape.
-    fn wrk_measure(
-        &self,
-        url: String,
-        connections: usize,
-        headers: &[&str],
-    ) -> anyhow::Result<LoadFigures> {
-        if !self.opts.warmup.is_zero() {
-            self.wrk(url.clone(), connections, headers, self.opts.warmup)
-                .run(&self.setup.files.dir)?;
-        }
-        self.wrk(url, connections, headers, self.opts.duration)
-            .run(&self.setup.files.dir)
     }
 
     fn scenario(&mut self, name: &str, targets: &[Target]) -> anyhow::Result<()> {
@@ -625,20 +614,41 @@ impl Runner {
     }
 
     /// The keep-alive load on the router, quiet and then with `churn_rate` registrations
-    /// per second of new routes on NATS.
+    /// per second of new routes on NATS, with where the CPU went in each window.
     fn route_churn(&mut self) -> anyhow::Result<()> {
         let o = self.opts.clone();
         let url = format!("http://{}/", self.setup.ports.router_http());
         let nats_url = format!("nats://{}", self.setup.ports.nats());
         let backend = self.setup.ports.backend_http();
         let scratch = self.setup.files.dir.clone();
+        let router_pid = self
+            .proxy_pids
+            .iter()
+            .find(|(t, _)| *t == Target::Router)
+            .map(|&(_, pid)| pid)
+            .context("route-churn needs the router running")?;
+        let reading = |runner: &Runner| ChurnReading {
+            router: tree_cpu_time(router_pid),
+            control: thread_cpu_time(router_pid, router_pid),
+            backend: tree_cpu_time(runner.backend_pid),
+            nats: runner.nats_pid.map(tree_cpu_time).unwrap_or_default(),
+        };
         let mut quiet_rows = Vec::new();
         let mut busy_rows = Vec::new();
         let mut sent_total = 0;
         for round in 0..o.repeat.max(1) {
-            let quiet = self.wrk_measure(url.clone(), o.connections, &[])?;
+            if !o.warmup.is_zero() {
+                self.wrk(url.clone(), o.connections, &[], o.warmup)
+                    .run(&scratch)?;
+            }
+            let before_quiet = reading(self);
+            let quiet = self
+                .wrk(url.clone(), o.connections, &[], o.duration)
+                .run(&scratch)?;
+            let after_quiet = reading(self);
             let wrk = self.wrk(url.clone(), o.connections, &[], o.duration);
             let prefix = format!("churn{round}");
+            let before_busy = reading(self);
             let (busy, sent) = std::thread::scope(|s| {
                 let load = s.spawn(|| wrk.run(&scratch));
                 let sent = self.rt.block_on(clients::churn(
@@ -654,8 +664,17 @@ impl Runner {
                     .map_err(|_| anyhow::anyhow!("the wrk thread panicked"));
                 (busy, sent)
             });
+            let after_busy = reading(self);
             let (busy, sent) = (busy??, sent?);
             sent_total += sent;
+            let quiet_cpu = after_quiet.since(&before_quiet);
+            let busy_cpu = after_busy.since(&before_busy);
+            self.note(churn_cpu_note(
+                round + 1,
+                (&quiet, &quiet_cpu),
+                (&busy, &busy_cpu),
+                sent,
+            ));
             // The last route published must serve: the router kept up (or caught up).
             let last = format!("{prefix}-{}.{ROUTE_HOST}", sent.saturating_sub(1));
             match self.time_until_serving(self.setup.ports.router_http(), &last) {
@@ -671,9 +690,9 @@ impl Runner {
                     round + 1
                 )),
             }
-            for (target, f, rows) in [
-                ("router-quiet", &quiet, &mut quiet_rows),
-                ("router+churn", &busy, &mut busy_rows),
+            for (target, f, cpu, rows) in [
+                ("router-quiet", &quiet, &quiet_cpu, &mut quiet_rows),
+                ("router+churn", &busy, &busy_cpu, &mut busy_rows),
             ] {
                 eprintln!(
                     "     route-churn {target:>12}: {:>10.0} req/s  p50 {:.2} ms  p99 {:.2} ms",
@@ -689,6 +708,11 @@ impl Runner {
                     mean_ms: f.mean_ms,
                     count: f.requests,
                     errors: f.errors,
+                    cpu: cpu_per_op(
+                        Some((CpuTime::default(), cpu.router)),
+                        (CpuTime::default(), cpu.backend),
+                        f.requests as f64,
+                    ),
                     ..Default::default()
                 });
             }
@@ -935,6 +959,59 @@ impl Runner {
         }
         Ok(())
     }
+}
+
+/// CPU time used so far (or in a window) by what runs during route churn.
+#[derive(Debug, Clone, Copy, Default)]
+struct ChurnReading {
+    /// The router, all threads.
+    router: CpuTime,
+    /// The router's first thread: its control loop (the NATS client, applying
+    /// registrations, publishing snapshots) and its status listeners; no requests.
+    control: CpuTime,
+    backend: CpuTime,
+    nats: CpuTime,
+}
+
+impl ChurnReading {
+    /// What was used between `earlier` and this reading.
+    fn since(&self, earlier: &ChurnReading) -> ChurnReading {
+        ChurnReading {
+            router: self.router - earlier.router,
+            control: self.control - earlier.control,
+            backend: self.backend - earlier.backend,
+            nats: self.nats - earlier.nats,
+        }
+    }
+}
+
+/// Where the CPU went in one round of route churn: the router's per request, quiet and
+/// under churn, and what each register message cost the router's control thread and
+/// nats-server.
+fn churn_cpu_note(
+    round: usize,
+    (quiet, quiet_cpu): (&LoadFigures, &ChurnReading),
+    (busy, busy_cpu): (&LoadFigures, &ChurnReading),
+    sent: u64,
+) -> String {
+    let total = |t: CpuTime| t.user + t.system;
+    let per = |seconds: f64, count: u64| seconds * 1e6 / count.max(1) as f64;
+    let workers = |c: &ChurnReading| total(c.router) - total(c.control);
+    let seconds = busy.elapsed.as_secs_f64().max(1e-9);
+    format!(
+        "route-churn round {round}: router CPU per request quiet {:.1} µs (workers {:.1}), under churn {:.1} µs (workers {:.1}); per register message the router's control thread spent {:.1} µs ({:.0}% of a CPU) and nats-server {:.1} µs",
+        per(total(quiet_cpu.router), quiet.requests),
+        per(workers(quiet_cpu), quiet.requests),
+        per(total(busy_cpu.router), busy.requests),
+        per(workers(busy_cpu), busy.requests),
+        per(
+            total(busy_cpu.control)
+                - total(quiet_cpu.control) * seconds / quiet.elapsed.as_secs_f64().max(1e-9),
+            sent
+        ),
+        100.0 * total(busy_cpu.control) / seconds,
+        per(total(busy_cpu.nats), sent),
+    )
 }
 
 #[cfg(test)]

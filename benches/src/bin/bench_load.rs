@@ -58,6 +58,25 @@ enum Command {
         #[arg(long, default_value = "10s", value_parser = duration)]
         duration: Duration,
     },
+    /// Route churn on its own: `router.register` messages for routes
+    /// `<prefix>-<i>.<domain>` on `backend`, at `rate` per second.
+    Churn {
+        /// NATS URL (nats://127.0.0.1:4222).
+        #[arg(long)]
+        nats: String,
+        /// The endpoint the routes point at.
+        #[arg(long)]
+        backend: SocketAddr,
+        #[arg(long, default_value_t = 10_000)]
+        rate: u64,
+        #[arg(long, default_value = "bench.localhost")]
+        domain: String,
+        /// Route names are `<prefix>-<i>.<domain>`: a new prefix makes new routes.
+        #[arg(long, default_value = "churn")]
+        prefix: String,
+        #[arg(long, default_value = "10s", value_parser = duration)]
+        duration: Duration,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -211,6 +230,23 @@ fn real_main() -> anyhow::Result<()> {
                 "{:.0} MiB/s ({bytes} bytes in {elapsed:?})",
                 bytes as f64 / (1024.0 * 1024.0) / elapsed.as_secs_f64()
             );
+            Ok(())
+        }
+        Command::Churn {
+            nats,
+            backend,
+            rate,
+            domain,
+            prefix,
+            duration,
+        } => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let sent = rt.block_on(benches::clients::churn(
+                &nats, backend, rate, duration, &prefix, &domain,
+            ))?;
+            println!("{sent} router.register messages sent");
             Ok(())
         }
     }
