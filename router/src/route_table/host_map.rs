@@ -1,21 +1,25 @@
 //! The snapshot's host index: route host -> the host's pools. Immutable; snapshots share
 //! every part a publish did not change.
 //!
-//! One 64-bit hash of the host decides everything: its top 6 bits pick one of 64 groups,
-//! the next 6 one of the group's 64 shards, the low bits the first slot to probe in the
-//! shard. A shard is an array of slots, a power of two long and at most half full, probed
+//! One 64-bit hash of the host decides everything: its top 6 bits pick one of 64
+//! branches, the next 3 one of the branch's 8 leaves, the next 3 one of the leaf's 8
+//! shards (4 096 shards in all), the low bits the first slot to probe in the shard. A
+//! shard is an array of slots, a power of two long and at most half full, probed
 //! linearly (open addressing); a slot holds the host's hash and the first of its pools,
-//! which holds the first 32 bytes of the host name. Next to each shard's slots, the
-//! group keeps a small filter of the shard's hashes. So a lookup hashes once and touches
-//! the group (64 of 2 KB: they stay cached), one or two lines of slots and the pool: the
-//! fewest cache misses the request path can pay for a table much larger than the
-//! caches. Most misses stop at the filter.
+//! which holds the first 32 bytes of the host name. Next to each shard's slots, the leaf
+//! keeps a small filter of the shard's hashes. So a lookup hashes once and touches a
+//! branch (64 of 64 bytes) and a leaf (512 of 256 bytes: both stay cached), one or two
+//! lines of slots and the pool: the fewest cache misses the request path can pay for a
+//! table much larger than the caches. Most misses stop at the filter.
 //!
-//! A publish copies the group array (64 pointers), each group holding a changed host (64
-//! shards) and rebuilds each shard holding a changed host from its remaining entries:
-//! with 4 096 shards, a shard has ~25 hosts at 100 000 routes, so a change costs a few
-//! microseconds however large the table. Shards are never changed in place, so there
-//! are no tombstones to clean.
+//! A publish copies the branch array (64 pointers), then for each changed host its
+//! branch (8 pointers) and leaf (8 shards) unless this publish already copied them, and
+//! rebuilds the host's shard from its remaining entries: with 4 096 shards, a shard has
+//! ~25 hosts at 100 000 routes. Each shared part copied costs a reference count
+//! (increment now, decrement when the old snapshot goes), on a line that is rarely in
+//! cache: the levels of 8 keep that near 40 per changed host (a level of 64 shards
+//! cost 64 more). Shards are never changed in place, so there are no tombstones to
+//! clean.
 
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
@@ -23,10 +27,12 @@ use std::sync::Arc;
 
 use super::Pool;
 
-const GROUPS: usize = 64;
-const SHARDS_PER_GROUP: usize = 64;
-const GROUP_SHIFT: u32 = 64 - GROUPS.trailing_zeros();
-const SHARD_SHIFT: u32 = GROUP_SHIFT - SHARDS_PER_GROUP.trailing_zeros();
+const BRANCHES: usize = 64;
+const LEAVES_PER_BRANCH: usize = 8;
+const SHARDS_PER_LEAF: usize = 8;
+const BRANCH_SHIFT: u32 = 64 - BRANCHES.trailing_zeros();
+const LEAF_SHIFT: u32 = BRANCH_SHIFT - LEAVES_PER_BRANCH.trailing_zeros();
+const SHARD_SHIFT: u32 = LEAF_SHIFT - SHARDS_PER_LEAF.trailing_zeros();
 
 /// A host in a shard: its hash (compared first, so that most mismatches do not touch the
 /// pool) and its pool with the longest context path, which links to the others.
@@ -42,18 +48,24 @@ struct Shard {
     slots: Arc<[Option<Entry>]>,
     /// Two bits per host ([`filter_bits`]): a host whose bits are not all set is not
     /// in the shard, so most misses (every wildcard lookup starts with one) are decided
-    /// here, in the group the lookup reads anyway, without reading the slots.
+    /// here, in the leaf the lookup reads anyway, without reading the slots.
     filter: u128,
 }
 
-/// The filter bits of a hash: from bits the group, shard and slot choice do not use.
+/// The filter bits of a hash: from bits the branch, leaf, shard and slot choice do not
+/// use.
 fn filter_bits(hash: u64) -> u128 {
     (1 << ((hash >> 24) & 127)) | (1 << ((hash >> 32) & 127))
 }
 
 #[derive(Debug, Clone)]
-struct Group {
-    shards: [Shard; SHARDS_PER_GROUP],
+struct Leaf {
+    shards: [Shard; SHARDS_PER_LEAF],
+}
+
+#[derive(Debug, Clone)]
+struct Branch {
+    leaves: [Arc<Leaf>; LEAVES_PER_BRANCH],
 }
 
 /// A change to one host: its new first pool, or `None` to remove it.
@@ -68,18 +80,21 @@ pub(super) struct HostChange {
 #[derive(Clone)]
 pub(super) struct HostMap {
     hasher: foldhash::fast::RandomState,
-    groups: [Arc<Group>; GROUPS],
+    branches: [Arc<Branch>; BRANCHES],
 }
 
 impl Default for HostMap {
     fn default() -> Self {
         let empty = build_shard(Vec::new());
-        let group = Arc::new(Group {
+        let leaf = Arc::new(Leaf {
             shards: std::array::from_fn(|_| empty.clone()),
+        });
+        let branch = Arc::new(Branch {
+            leaves: std::array::from_fn(|_| leaf.clone()),
         });
         HostMap {
             hasher: foldhash::fast::RandomState::default(),
-            groups: std::array::from_fn(|_| group.clone()),
+            branches: std::array::from_fn(|_| branch.clone()),
         }
     }
 }
@@ -101,8 +116,9 @@ impl HostMap {
     }
 
     fn shard(&self, hash: u64) -> &Shard {
-        let group = &self.groups[(hash >> GROUP_SHIFT) as usize];
-        &group.shards[(hash >> SHARD_SHIFT) as usize % SHARDS_PER_GROUP]
+        let branch = &self.branches[(hash >> BRANCH_SHIFT) as usize];
+        let leaf = &branch.leaves[(hash >> LEAF_SHIFT) as usize % LEAVES_PER_BRANCH];
+        &leaf.shards[(hash >> SHARD_SHIFT) as usize % SHARDS_PER_LEAF]
     }
 
     /// The first pool of `host`.
@@ -130,9 +146,10 @@ impl HostMap {
 
     /// The first pool of every host.
     pub fn heads(&self) -> impl Iterator<Item = &Arc<Pool>> + '_ {
-        self.groups
+        self.branches
             .iter()
-            .flat_map(|group| group.shards.iter())
+            .flat_map(|branch| branch.leaves.iter())
+            .flat_map(|leaf| leaf.shards.iter())
             .flat_map(|shard| shard.slots.iter().flatten())
             .map(|entry| &entry.head)
     }
@@ -147,8 +164,12 @@ impl HostMap {
         changes.sort_unstable_by_key(|c| c.hash >> SHARD_SHIFT);
         for same_shard in changes.chunk_by(|a, b| a.hash >> SHARD_SHIFT == b.hash >> SHARD_SHIFT) {
             let hash = same_shard[0].hash;
-            let group = Arc::make_mut(&mut self.groups[(hash >> GROUP_SHIFT) as usize]);
-            let shard = &mut group.shards[(hash >> SHARD_SHIFT) as usize % SHARDS_PER_GROUP];
+            // A branch or leaf this publish already copied is its own: not copied again.
+            let branch = Arc::make_mut(&mut self.branches[(hash >> BRANCH_SHIFT) as usize]);
+            let leaf = Arc::make_mut(
+                &mut branch.leaves[(hash >> LEAF_SHIFT) as usize % LEAVES_PER_BRANCH],
+            );
+            let shard = &mut leaf.shards[(hash >> SHARD_SHIFT) as usize % SHARDS_PER_LEAF];
             let mut entries: Vec<Entry> = shard.slots.iter().flatten().cloned().collect();
             for change in same_shard {
                 let old = entries
