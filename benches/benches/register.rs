@@ -35,17 +35,7 @@ fn apply(payload: &[u8], registry: &router::route_table::Registry) -> RegistryMe
 
 fn register(c: &mut Criterion) {
     let registry = fixtures::registry_with_routes(ROUTES);
-    let new_payloads: Vec<Vec<u8>> = (0..1024)
-        .map(|k| {
-            let uri = format!("new-{k}.apps.{}", fixtures::DOMAIN);
-            fixtures::payload(&fixtures::registration(
-                &uri,
-                "10.200.0.1",
-                8080,
-                ROUTES + k,
-            ))
-        })
-        .collect();
+    let new_payloads = fixtures::new_route_payloads("new", 1024, ROUTES);
     let known_payloads: Vec<Vec<u8>> =
         fixtures::sample_indices(ROUTES, fixtures::RouteKind::Exact, 1024)
             .into_iter()

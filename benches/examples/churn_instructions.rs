@@ -41,17 +41,7 @@ fn main() {
         .map(|n| n.parse().expect("MESSAGES is a count"))
         .unwrap_or(10_000);
     let registry = fixtures::registry_with_routes(ROUTES);
-    let payloads: Vec<Vec<u8>> = (0..messages)
-        .map(|k| {
-            let uri = format!("churn-{k}.{}", fixtures::DOMAIN);
-            fixtures::payload(&fixtures::registration(
-                &uri,
-                "10.200.0.1",
-                8080,
-                ROUTES + k,
-            ))
-        })
-        .collect();
+    let payloads = fixtures::new_route_payloads("churn", messages, ROUTES);
     let table = registry.table();
     apply_churn(&registry, &payloads);
     assert_eq!(table.load().route_count(), ROUTES + messages);

@@ -83,6 +83,17 @@ pub fn payload(msg: &RegistryMessage) -> Vec<u8> {
     serde_json::to_vec(msg).unwrap_or_default()
 }
 
+/// Payloads registering `count` routes that no route set has, `<prefix>-<k>.apps.<DOMAIN>`
+/// on one endpoint, with app data numbered from `first_index` (past the route set).
+pub fn new_route_payloads(prefix: &str, count: usize, first_index: usize) -> Vec<Vec<u8>> {
+    (0..count)
+        .map(|k| {
+            let uri = format!("{prefix}-{k}.apps.{DOMAIN}");
+            payload(&registration(&uri, "10.200.0.1", 8080, first_index + k))
+        })
+        .collect()
+}
+
 /// A registry holding routes `0..n` of the route set, published.
 pub fn registry_with_routes(n: usize) -> Registry {
     let registry = Registry::new(Default::default());
