@@ -116,9 +116,8 @@ impl HostMap {
     }
 
     fn shard(&self, hash: u64) -> &Shard {
-        let branch = &self.branches[(hash >> BRANCH_SHIFT) as usize];
-        let leaf = &branch.leaves[(hash >> LEAF_SHIFT) as usize % LEAVES_PER_BRANCH];
-        &leaf.shards[(hash >> SHARD_SHIFT) as usize % SHARDS_PER_LEAF]
+        let (branch, leaf, shard) = shard_path(hash);
+        &self.branches[branch].leaves[leaf].shards[shard]
     }
 
     /// The first pool of `host`.
@@ -163,13 +162,11 @@ impl HostMap {
     ) {
         changes.sort_unstable_by_key(|c| c.hash >> SHARD_SHIFT);
         for same_shard in changes.chunk_by(|a, b| a.hash >> SHARD_SHIFT == b.hash >> SHARD_SHIFT) {
-            let hash = same_shard[0].hash;
+            let (branch, leaf, shard) = shard_path(same_shard[0].hash);
             // A branch or leaf this publish already copied is its own: not copied again.
-            let branch = Arc::make_mut(&mut self.branches[(hash >> BRANCH_SHIFT) as usize]);
-            let leaf = Arc::make_mut(
-                &mut branch.leaves[(hash >> LEAF_SHIFT) as usize % LEAVES_PER_BRANCH],
-            );
-            let shard = &mut leaf.shards[(hash >> SHARD_SHIFT) as usize % SHARDS_PER_LEAF];
+            let branch = Arc::make_mut(&mut self.branches[branch]);
+            let leaf = Arc::make_mut(&mut branch.leaves[leaf]);
+            let shard = &mut leaf.shards[shard];
             let mut entries: Vec<Entry> = shard.slots.iter().flatten().cloned().collect();
             for change in same_shard {
                 let old = entries
@@ -187,6 +184,15 @@ impl HostMap {
             *shard = build_shard(entries);
         }
     }
+}
+
+/// Where a hash's shard is: its branch, the leaf in the branch, the shard in the leaf.
+fn shard_path(hash: u64) -> (usize, usize, usize) {
+    (
+        (hash >> BRANCH_SHIFT) as usize,
+        (hash >> LEAF_SHIFT) as usize % LEAVES_PER_BRANCH,
+        (hash >> SHARD_SHIFT) as usize % SHARDS_PER_LEAF,
+    )
 }
 
 fn build_shard(entries: Vec<Entry>) -> Shard {
