@@ -9,7 +9,7 @@
 //!     target/release/examples/churn_instructions [MESSAGES]
 //! ```
 //!
-//! Instructions and last-level cache misses per message are then `Ir`, `DLmr + DLmw`
+//! Instructions and L1 data-cache misses per message are then `Ir` and `D1mr + D1mw`
 //! divided by MESSAGES (default 10 000): repeatable, unlike wall-clock time on a
 //! shared machine.
 

@@ -142,6 +142,13 @@ pub struct CpuTime {
     pub system: f64,
 }
 
+impl CpuTime {
+    /// User and kernel seconds together.
+    pub fn total(&self) -> f64 {
+        self.user + self.system
+    }
+}
+
 impl std::ops::Add for CpuTime {
     type Output = CpuTime;
     fn add(self, other: CpuTime) -> CpuTime {

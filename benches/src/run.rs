@@ -132,22 +132,16 @@ fn median_row(mut rows: Vec<Row>) -> Option<Row> {
     Some(row)
 }
 
-/// CPU per operation from readings before and after a window of `ops` operations.
-fn cpu_per_op(
-    proxy: Option<(CpuTime, CpuTime)>,
-    backend: (CpuTime, CpuTime),
-    ops: f64,
-) -> Option<CpuPerOp> {
+/// CPU per operation from the CPU time used in a window of `ops` operations.
+fn cpu_per_op(proxy: Option<CpuTime>, backend: CpuTime, ops: f64) -> Option<CpuPerOp> {
     if ops <= 0.0 {
         return None;
     }
     let us = |seconds: f64| seconds * 1e6 / ops;
-    let proxy = proxy.map(|(before, after)| after - before);
-    let backend = backend.1 - backend.0;
     Some(CpuPerOp {
         proxy_user_us: proxy.map(|p| us(p.user)),
         proxy_system_us: proxy.map(|p| us(p.system)),
-        backend_us: us(backend.user + backend.system),
+        backend_us: us(backend.total()),
     })
 }
 
@@ -503,8 +497,8 @@ impl Runner {
         };
         let proxy = proxy_pid
             .zip(proxy_before)
-            .map(|(pid, before)| (before, tree_cpu_time(pid)));
-        let backend = (backend_before, tree_cpu_time(self.backend_pid));
+            .map(|(pid, before)| tree_cpu_time(pid) - before);
+        let backend = tree_cpu_time(self.backend_pid) - backend_before;
         // TCP counts bytes; its CPU is per MiB, like its throughput.
         let ops = if name == "tcp-throughput" {
             row.count as f64 / (1024.0 * 1024.0)
@@ -708,11 +702,7 @@ impl Runner {
                     mean_ms: f.mean_ms,
                     count: f.requests,
                     errors: f.errors,
-                    cpu: cpu_per_op(
-                        Some((CpuTime::default(), cpu.router)),
-                        (CpuTime::default(), cpu.backend),
-                        f.requests as f64,
-                    ),
+                    cpu: cpu_per_op(Some(cpu.router), cpu.backend, f.requests as f64),
                     ..Default::default()
                 });
             }
@@ -994,7 +984,7 @@ fn churn_cpu_note(
     (busy, busy_cpu): (&LoadFigures, &ChurnReading),
     sent: u64,
 ) -> String {
-    let total = |t: CpuTime| t.user + t.system;
+    let total = |t: CpuTime| t.total();
     let per = |seconds: f64, count: u64| seconds * 1e6 / count.max(1) as f64;
     let workers = |c: &ChurnReading| total(c.router) - total(c.control);
     let seconds = busy.elapsed.as_secs_f64().max(1e-9);
