@@ -208,12 +208,13 @@ impl Pool {
             && (len == head || self.host.as_bytes()[head..] == host[head..])
     }
 
-    /// Whether `path` (the request path) is inside this pool's context path.
+    /// Whether `path` (the request path, query included) is inside this pool's context
+    /// path: on whole segments, the query not part of it.
     fn matches_path(&self, path: &[u8]) -> bool {
         let ctx = self.context_path.as_bytes();
         path.len() >= ctx.len()
             && path[..ctx.len()].eq_ignore_ascii_case(ctx)
-            && (path.len() == ctx.len() || path[ctx.len()] == b'/')
+            && (path.len() == ctx.len() || matches!(path[ctx.len()], b'/' | b'?'))
     }
 }
 
@@ -267,8 +268,9 @@ impl RouteTable {
     pub fn lookup(&self, host: &str, path: &str) -> Option<&Arc<Pool>> {
         let mut buf = [0; MAX_HOST_LEN + 1];
         let mut host = RequestHost::parse(host, &mut buf)?;
+        // The query is not cut off here: a context path never holds `?`, so a path
+        // matches up to a `?` as it would up to its end (`matches_path`).
         let path = path.as_bytes();
-        let path = &path[..memchr::memchr(b'?', path).unwrap_or(path.len())];
         if let Some(pool) = self
             .hosts
             .get(host.exact())

@@ -69,6 +69,12 @@ fn context_paths_match_whole_segments_longest_first() {
     assert_eq!(port("/foo"), 2);
     assert_eq!(port("/FOO/"), 2);
     assert_eq!(port("/foo/baz?q=/foo/bar"), 2);
+    // The query ends the path: `/foo?x` is in /foo, `/foobar?x` and `/?/foo` are not.
+    assert_eq!(port("/foo?x=1"), 2);
+    assert_eq!(port("/foo/bar?"), 3);
+    assert_eq!(port("/foobar?x=/foo"), 1);
+    assert_eq!(port("/?/foo"), 1);
+    assert_eq!(port("?"), 1);
     assert_eq!(port("/foo/bar"), 3);
     assert_eq!(port("/foo/bar/baz"), 3);
 }
