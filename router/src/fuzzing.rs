@@ -26,6 +26,9 @@ mod route_model;
 mod wire;
 
 pub use proxy::proxy_http1;
+/// The model's request-host normalisation, the reference the lookup's is tested against.
+#[cfg(test)]
+pub(crate) use route_model::request_host;
 pub use route_model::{route_lookup, route_table_ops};
 
 /// A cursor over fuzz input: small structured choices first, the rest as bytes.

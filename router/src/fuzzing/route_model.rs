@@ -60,7 +60,7 @@ fn slot_of(uri: &str) -> Slot {
 }
 
 /// A request's Host as a route host: port and one trailing dot dropped, lowercase.
-fn request_host(host: &str) -> Option<String> {
+pub(crate) fn request_host(host: &str) -> Option<String> {
     let host = if host.starts_with('[') {
         host.find(']').map_or(host, |end| &host[..=end])
     } else {
