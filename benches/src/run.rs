@@ -984,23 +984,22 @@ fn churn_cpu_note(
     (busy, busy_cpu): (&LoadFigures, &ChurnReading),
     sent: u64,
 ) -> String {
-    let total = |t: CpuTime| t.total();
     let per = |seconds: f64, count: u64| seconds * 1e6 / count.max(1) as f64;
-    let workers = |c: &ChurnReading| total(c.router) - total(c.control);
+    let workers = |c: &ChurnReading| c.router.total() - c.control.total();
     let seconds = busy.elapsed.as_secs_f64().max(1e-9);
     format!(
         "route-churn round {round}: router CPU per request quiet {:.1} µs (workers {:.1}), under churn {:.1} µs (workers {:.1}); per register message the router's control thread spent {:.1} µs ({:.0}% of a CPU) and nats-server {:.1} µs",
-        per(total(quiet_cpu.router), quiet.requests),
+        per(quiet_cpu.router.total(), quiet.requests),
         per(workers(quiet_cpu), quiet.requests),
-        per(total(busy_cpu.router), busy.requests),
+        per(busy_cpu.router.total(), busy.requests),
         per(workers(busy_cpu), busy.requests),
         per(
-            total(busy_cpu.control)
-                - total(quiet_cpu.control) * seconds / quiet.elapsed.as_secs_f64().max(1e-9),
+            busy_cpu.control.total()
+                - quiet_cpu.control.total() * seconds / quiet.elapsed.as_secs_f64().max(1e-9),
             sent
         ),
-        100.0 * total(busy_cpu.control) / seconds,
-        per(total(busy_cpu.nats), sent),
+        100.0 * busy_cpu.control.total() / seconds,
+        per(busy_cpu.nats.total(), sent),
     )
 }
 
